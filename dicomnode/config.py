@@ -1,0 +1,491 @@
+"""The node's configuration: ``config.toml`` parsed into one typed, frozen, checked object.
+
+Every problem is collected with its key path and reported at once, so an administrator
+fixes a config in one pass instead of one error per restart.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydicom.datadict import tag_for_keyword
+
+from dicomnode.errors import ConfigError
+
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)\Z")  # \Z: no trailing newline
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+DESTINATION_TYPES = ("dicom", "folder")
+REGEX_PREFIX = "re:"
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    cert: Path
+    key: Path
+    ca: Path | None = None
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    ae_title: str = "DICOMNODE"
+    host: str = "0.0.0.0"
+    port: int = 11112
+    storage_dir: Path = Path("var")
+    allowed_calling_aets: tuple[str, ...] = ()
+    max_associations: int = 16
+    series_idle_seconds: float = 30.0
+    min_free_disk_mb: int = 1024
+    retention_hours: float = 72.0
+    tls: TlsConfig | None = None
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int = 8
+    tile_size: int = 512
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class Destination:
+    name: str
+    type: str
+    ae_title: str = ""
+    host: str = ""
+    port: int = 0
+    calling_ae_title: str = ""
+    path: Path | None = None
+
+
+@dataclass(frozen=True)
+class MatchCondition:
+    """One ``match`` entry: a DICOM keyword and an exact value (case-insensitive) or a regex."""
+
+    keyword: str
+    expected: str
+    pattern: re.Pattern[str] | None = None
+
+    def holds(self, value: object) -> bool:
+        text = "" if value is None else str(value).strip()
+        if self.pattern is not None:
+            return self.pattern.search(text) is not None
+        return text.casefold() == self.expected.casefold()
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    model: str
+    destinations: tuple[str, ...]
+    series_description_suffix: str
+    match: tuple[MatchCondition, ...] = ()
+
+    def matches(self, attributes: Mapping[str, object]) -> bool:
+        """True when every condition holds for the series' attributes (keyword -> value)."""
+        return all(c.holds(attributes.get(c.keyword)) for c in self.match)
+
+
+@dataclass(frozen=True)
+class Config:
+    node: NodeConfig = field(default_factory=NodeConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+    destinations: tuple[Destination, ...] = ()
+    rules: tuple[Rule, ...] = ()
+    source: Path | None = None
+
+    def destination(self, name: str) -> Destination:
+        for destination in self.destinations:
+            if destination.name == name:
+                return destination
+        raise KeyError(name)
+
+
+def load_config(path: str | Path, model_names: Collection[str] | None = None) -> Config:
+    """Read and check ``path``; ``model_names`` (the zoo) lets rules be checked against it.
+
+    Raises ConfigError listing every problem with its key path.
+    """
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(["file not found; create it or pass --config PATH"], str(path)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"cannot read the file: {exc}"], str(path)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"not valid TOML: {exc}"], str(path)) from None
+    return parse_config(raw, model_names=model_names, source=path)
+
+
+def parse_config(
+    raw: Mapping[str, Any],
+    model_names: Collection[str] | None = None,
+    source: Path | None = None,
+) -> Config:
+    """Build a Config from an already-parsed TOML document (see load_config)."""
+    checker = _Checker()
+    checker.known_keys(raw, "", ("node", "http", "worker", "destinations", "rules"))
+    node = _parse_node(checker, checker.table(raw, "node", ""))
+    http = _parse_http(checker, checker.table(raw, "http", ""))
+    worker = _parse_worker(checker, checker.table(raw, "worker", ""))
+    destinations = _parse_destinations(checker, raw.get("destinations", []), node)
+    rules = _parse_rules(
+        checker, raw.get("rules", []), _declared_names(raw.get("destinations", [])), model_names
+    )
+    if checker.problems:
+        raise ConfigError(checker.problems, str(source) if source else "config")
+    return Config(node, http, worker, destinations, rules, source)
+
+
+def _parse_node(c: _Checker, t: Mapping[str, Any]) -> NodeConfig:
+    d = NodeConfig()
+    c.known_keys(t, "node", (
+        "ae_title", "host", "port", "storage_dir", "allowed_calling_aets", "max_associations",
+        "series_idle_seconds", "min_free_disk_mb", "retention_hours", "tls",
+    ))
+    aets = c.get(t, "allowed_calling_aets", "node", list, d.allowed_calling_aets)
+    checked_aets: list[str] = []
+    for i, aet in enumerate(aets or ()):
+        if c.check(isinstance(aet, str) and _ae_title_problem(aet) is None,
+                   f"node.allowed_calling_aets[{i}]", _ae_title_problem(aet), aet):
+            checked_aets.append(aet.strip())
+    tls = None
+    if isinstance(t.get("tls"), dict):
+        tls = _parse_tls(c, t["tls"])
+    elif "tls" in t:
+        c.table(t, "tls", "node")  # reports the wrong type, not also cert and key as missing
+    return NodeConfig(
+        ae_title=c.ae_title(t, "ae_title", "node", d.ae_title),
+        host=c.get(t, "host", "node", str, d.host, _non_empty),
+        port=c.port(t, "port", "node", d.port),
+        storage_dir=Path(c.get(t, "storage_dir", "node", str, str(d.storage_dir), _non_empty)),
+        allowed_calling_aets=tuple(checked_aets),
+        max_associations=c.integer(t, "max_associations", "node", d.max_associations, 1, 1000),
+        series_idle_seconds=c.number(t, "series_idle_seconds", "node", d.series_idle_seconds,
+                                     0.1, 86400),
+        min_free_disk_mb=c.integer(t, "min_free_disk_mb", "node", d.min_free_disk_mb, 0, 10**9),
+        retention_hours=c.number(t, "retention_hours", "node", d.retention_hours, 0.01, 10**6),
+        tls=tls,
+    )
+
+
+def _parse_tls(c: _Checker, t: Mapping[str, Any]) -> TlsConfig | None:
+    c.known_keys(t, "node.tls", ("cert", "key", "ca"))
+    cert = c.get(t, "cert", "node.tls", str, None, _non_empty)
+    key = c.get(t, "key", "node.tls", str, None, _non_empty)
+    ca = c.get(t, "ca", "node.tls", str, None, _non_empty)
+    for name, value in (("cert", cert), ("key", key)):
+        if value is None and name not in t:
+            c.problems.append(f"node.tls.{name}: required when [node.tls] is present")
+    if cert is None or key is None:
+        return None
+    return TlsConfig(Path(cert), Path(key), Path(ca) if ca else None)
+
+
+def _parse_http(c: _Checker, t: Mapping[str, Any]) -> HttpConfig:
+    d = HttpConfig()
+    c.known_keys(t, "http", ("host", "port"))
+    return HttpConfig(
+        host=c.get(t, "host", "http", str, d.host, _non_empty),
+        port=c.port(t, "port", "http", d.port),
+    )
+
+
+def _parse_worker(c: _Checker, t: Mapping[str, Any]) -> WorkerConfig:
+    d = WorkerConfig()
+    c.known_keys(t, "worker", ("device", "precision", "batch_size", "tile_size", "workers"))
+
+    def device_problem(value: str) -> str | None:
+        if DEVICE_PATTERN.match(value):
+            return None
+        return "expected auto, cpu, cuda, cuda:N or mps"
+
+    def precision_problem(value: str) -> str | None:
+        return None if value in PRECISIONS else f"expected one of {', '.join(PRECISIONS)}"
+
+    return WorkerConfig(
+        device=c.get(t, "device", "worker", str, d.device, device_problem),
+        precision=c.get(t, "precision", "worker", str, d.precision, precision_problem),
+        batch_size=c.integer(t, "batch_size", "worker", d.batch_size, 1, 4096),
+        tile_size=c.integer(t, "tile_size", "worker", d.tile_size, 32, 16384),
+        workers=c.integer(t, "workers", "worker", d.workers, 1, 256),
+    )
+
+
+def _parse_destinations(c: _Checker, raw: Any, node: NodeConfig) -> tuple[Destination, ...]:
+    if not isinstance(raw, list):
+        c.problems.append(
+            f"destinations: expected an array of tables [[destinations]], got {raw!r}"
+        )
+        return ()
+    result: list[Destination] = []
+    seen: set[str] = set()
+    for i, t in enumerate(raw):
+        p = f"destinations[{i}]"
+        if not isinstance(t, dict):
+            c.problems.append(f"{p}: expected a table, got {t!r}")
+            continue
+        name = c.get(t, "name", p, str, None, _name_problem, required=True)
+        if name is not None:
+            if name in seen:
+                c.problems.append(f"{p}.name: duplicate destination name {name!r}")
+            seen.add(name)
+        # an invalid type gets no type-specific checks: they would only add spurious problems
+        kind = c.get(t, "type", p, str, None if "type" in t else "dicom",
+                     lambda v: None if v in DESTINATION_TYPES else "expected dicom or folder")
+        if kind == "folder":
+            c.known_keys(t, p, ("name", "type", "path"))
+            folder = c.get(t, "path", p, str, None, _non_empty, required=True)
+            if name is not None and folder is not None:
+                result.append(Destination(name=name, type="folder", path=Path(folder)))
+        elif kind == "dicom":
+            c.known_keys(t, p, ("name", "type", "ae_title", "host", "port", "calling_ae_title"))
+            ae = c.ae_title(t, "ae_title", p, None, required=True)
+            host = c.get(t, "host", p, str, None, _non_empty, required=True)
+            port = c.port(t, "port", p, None, required=True)
+            calling = c.ae_title(t, "calling_ae_title", p, node.ae_title)
+            if None not in (name, ae, host, port):
+                result.append(Destination(name, "dicom", ae, host, port, calling))
+        else:
+            c.known_keys(t, p, ("name", "type", "path", "ae_title", "host", "port",
+                                "calling_ae_title"))
+    return tuple(result)
+
+
+def _declared_names(raw: Any) -> set[str]:
+    """Every destination name written in the file, valid destination or not, so a rule naming
+    one with its own problems is not also told that it "is not defined"."""
+    if not isinstance(raw, list):
+        return set()
+    return {t["name"] for t in raw if isinstance(t, dict) and isinstance(t.get("name"), str)}
+
+
+def _parse_rules(
+    c: _Checker,
+    raw: Any,
+    destination_names: set[str],
+    model_names: Collection[str] | None,
+) -> tuple[Rule, ...]:
+    if not isinstance(raw, list):
+        c.problems.append(f"rules: expected an array of tables [[rules]], got {raw!r}")
+        return ()
+    result: list[Rule] = []
+    seen: set[str] = set()
+    for i, t in enumerate(raw):
+        p = f"rules[{i}]"
+        if not isinstance(t, dict):
+            c.problems.append(f"{p}: expected a table, got {t!r}")
+            continue
+        c.known_keys(t, p, ("name", "match", "model", "destinations", "series_description_suffix"))
+        name = c.get(t, "name", p, str, None, _name_problem, required=True)
+        if name is not None:
+            if name in seen:
+                c.problems.append(f"{p}.name: duplicate rule name {name!r}")
+            seen.add(name)
+        model = c.get(t, "model", p, str, None, _non_empty, required=True)
+        if model is not None and model_names is not None and model not in model_names:
+            c.problems.append(
+                f"{p}.model: no model {model!r} in the model zoo{_suggest(model, model_names)}"
+            )
+        conditions = _parse_match(c, t.get("match", {}), f"{p}.match")
+        targets = c.get(t, "destinations", p, list, None, required=True) or []
+        if isinstance(t.get("destinations"), list) and not targets:
+            c.problems.append(f"{p}.destinations: name at least one destination")
+        for j, target in enumerate(targets):
+            if not isinstance(target, str):
+                c.problems.append(f"{p}.destinations[{j}]: expected a string, got {target!r}")
+            elif target not in destination_names:
+                c.problems.append(
+                    f"{p}.destinations[{j}]: no destination named {target!r} is defined"
+                    f"{_suggest(target, destination_names)}"
+                )
+        suffix = c.get(t, "series_description_suffix", p, str,
+                       f" [dicomnode {model}]" if model else "")
+        if None not in (name, model, suffix) and targets:
+            result.append(Rule(name, model, tuple(targets), suffix, conditions))
+    return tuple(result)
+
+
+def _parse_match(c: _Checker, raw: Any, p: str) -> tuple[MatchCondition, ...]:
+    if not isinstance(raw, dict):
+        c.problems.append(f"{p}: expected a table of DICOM keyword = value, got {raw!r}")
+        return ()
+    conditions: list[MatchCondition] = []
+    for keyword, expected in raw.items():
+        kp = f"{p}.{keyword}"
+        if tag_for_keyword(keyword) is None:
+            c.problems.append(
+                f"{kp}: {keyword!r} is not a DICOM keyword{_suggest_keyword(keyword)}"
+            )
+            continue
+        if not isinstance(expected, str | int | float) or isinstance(expected, bool):
+            c.problems.append(
+                f"{kp}: expected a string, number or \"re:PATTERN\", got {expected!r}"
+            )
+            continue
+        text = str(expected)
+        pattern = None
+        if text.startswith(REGEX_PREFIX):
+            try:
+                pattern = re.compile(text[len(REGEX_PREFIX):])
+            except re.error as exc:
+                c.problems.append(f"{kp}: invalid regular expression {text!r}: {exc}")
+                continue
+        conditions.append(MatchCondition(keyword, text, pattern))
+    return tuple(conditions)
+
+
+def _non_empty(value: str) -> str | None:
+    return None if value.strip() else "must not be empty"
+
+
+def _name_problem(value: str) -> str | None:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", value):
+        return "expected 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit"
+    return None
+
+
+def _ae_title_problem(value: object) -> str | None:
+    if not isinstance(value, str):
+        return "expected an AE title string"
+    if not value.strip():
+        return "an AE title must not be empty"
+    if len(value) > 16:
+        return f"an AE title has at most 16 characters, this has {len(value)}"
+    if any(ch == "\\" or not (32 <= ord(ch) < 127) for ch in value):
+        return "an AE title holds printable ASCII only, without backslash"
+    return None
+
+
+def _suggest(value: str, options: Collection[str]) -> str:
+    close = difflib.get_close_matches(value, list(options), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _suggest_keyword(keyword: str) -> str:
+    from pydicom.datadict import keyword_dict
+
+    close = difflib.get_close_matches(keyword, list(keyword_dict), n=1, cutoff=0.75)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+_MISSING = object()
+
+
+class _Checker:
+    """Collects problems with key paths while reading values with their defaults."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def check(self, ok: bool, path: str, problem: str | None, value: object) -> bool:
+        if not ok:
+            self.problems.append(f"{path}: {problem}, got {_show(value)}")
+        return ok
+
+    def known_keys(self, t: Mapping[str, Any], path: str, allowed: Collection[str]) -> None:
+        for key in t:
+            if key not in allowed:
+                where = f"{path}.{key}" if path else key
+                self.problems.append(f"{where}: unknown key{_suggest(key, allowed)}")
+
+    def table(self, t: Mapping[str, Any], key: str, path: str) -> Mapping[str, Any]:
+        value = t.get(key, {})
+        if not isinstance(value, dict):
+            where = f"{path}.{key}" if path else key
+            self.problems.append(f"{where}: expected a table [{where}], got {_show(value)}")
+            return {}
+        return value
+
+    def get(
+        self,
+        t: Mapping[str, Any],
+        key: str,
+        path: str,
+        kind: type,
+        default: Any,
+        validate: Callable[[Any], str | None] | None = None,
+        required: bool = False,
+    ) -> Any:
+        where = f"{path}.{key}"
+        value = t.get(key, _MISSING)
+        if value is _MISSING:
+            if required:
+                self.problems.append(f"{where}: required key is missing")
+            return default
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            self.problems.append(f"{where}: expected {_kind_name(kind)}, got {_show(value)}")
+            return default
+        if validate is not None:
+            problem = validate(value)
+            if problem is not None:
+                self.problems.append(f"{where}: {problem}, got {_show(value)}")
+                return default
+        return value
+
+    def integer(self, t: Mapping[str, Any], key: str, path: str, default: Any,
+                low: int, high: int, required: bool = False) -> Any:
+        return self._ranged(t, key, path, default, low, high, required, integer=True)
+
+    def number(self, t: Mapping[str, Any], key: str, path: str, default: Any,
+               low: float, high: float) -> Any:
+        value = self._ranged(t, key, path, default, low, high, False, integer=False)
+        return float(value) if value is not None else None
+
+    def port(self, t: Mapping[str, Any], key: str, path: str, default: Any,
+             required: bool = False) -> Any:
+        return self.integer(t, key, path, default, 1, 65535, required)
+
+    def ae_title(self, t: Mapping[str, Any], key: str, path: str, default: Any,
+                 required: bool = False) -> Any:
+        value = self.get(t, key, path, str, default, _ae_title_problem, required)
+        return value.strip() if isinstance(value, str) else value
+
+    def _ranged(self, t: Mapping[str, Any], key: str, path: str, default: Any,
+                low: float, high: float, required: bool, integer: bool) -> Any:
+        where = f"{path}.{key}"
+        value = t.get(key, _MISSING)
+        if value is _MISSING:
+            if required:
+                self.problems.append(f"{where}: required key is missing")
+            return default
+        kinds: tuple[type, ...] = (int,) if integer else (int, float)
+        noun = "an integer" if integer else "a number"
+        if not isinstance(value, kinds) or isinstance(value, bool) or not low <= value <= high:
+            self.problems.append(
+                f"{where}: expected {noun} {_bound(low)}-{_bound(high)}, got {_show(value)}"
+            )
+            return default
+        return value
+
+
+def _bound(value: float) -> str:
+    """A range bound as written by a person: 1000000000, not 1e+09."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _kind_name(kind: type) -> str:
+    return {str: "a string", list: "an array", dict: "a table", bool: "true or false"}.get(
+        kind, kind.__name__
+    )
+
+
+def _show(value: object) -> str:
+    if isinstance(value, str):
+        return '"' + value.replace('"', '\\"') + '"'
+    return repr(value)

@@ -1,0 +1,76 @@
+"""Atomic, durable file writes: a file is either absent or complete, never half-written."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from dicomnode import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
+_UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def safe_name(value: str, max_length: int = 64) -> str:
+    """A file name from a received value (e.g. a UID) that can never leave its folder.
+
+    Valid UIDs pass unchanged; anything else has every character outside [0-9A-Za-z.-]
+    replaced and gets a prefix, so '../../x' becomes 'x_.._.._x' and stays put.
+    """
+    value = str(value).strip().rstrip("\x00")
+    if value and len(value) <= max_length and _UID_PATTERN.match(value):
+        return value
+    cleaned = re.sub(r"[^0-9A-Za-z.-]", "_", value)[:max_length] or "empty"
+    return "x_" + cleaned
+
+
+def atomic_write_bytes(path: Path, data: bytes, fsync: bool = True) -> None:
+    """Write ``data`` to ``path`` through a temporary file, flush, fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            if fsync:
+                os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    if fsync:
+        _fsync_directory(path.parent)
+
+
+def encode_dataset(ds: Dataset) -> bytes:
+    """A DICOM Part 10 file (Explicit VR Little Endian) holding ``ds``."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    ds.file_meta = meta
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def write_dataset(ds: Dataset, path: Path, fsync: bool = True) -> Path:
+    """Encode and write ``ds`` atomically; returns the path."""
+    atomic_write_bytes(path, encode_dataset(ds), fsync=fsync)
+    return path
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
