@@ -64,11 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_echo)
     p = sub.add_parser("status", parents=[common], help="series and jobs by state")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(handler=_not_yet)
+    p.set_defaults(handler=_status)
     p = sub.add_parser("retry", parents=[common], help="re-queue failed work")
     p.add_argument("series_uid", nargs="?", metavar="SERIES_UID")
-    p.add_argument("--failed", action="store_true")
-    p.set_defaults(handler=_not_yet)
+    p.add_argument("--failed", action="store_true", help="every failed job")
+    p.set_defaults(handler=_retry)
     p = sub.add_parser("enhance", parents=[common],
                        help="offline: enhance every series in IN_DIR into OUT_DIR")
     p.add_argument("in_dir", type=Path, metavar="IN_DIR")
@@ -99,17 +99,63 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    _load(args)
-    print("dicomnode serve: the DICOM server (receive, spool, route, forward) is not part of "
-          "this version yet; use 'dicomnode enhance IN_DIR OUT_DIR --model NAME' offline",
-          file=sys.stderr)
-    return EXIT_ERROR
+    from dicomnode.node import Node
+    from dicomnode.zoo import load_model
+
+    config = _load(args)
+    for rule in config.rules:  # refuse to start with a model that cannot load
+        load_model(rule.model, device=config.worker.device)
+    Node(config).run()
+    return EXIT_OK
 
 
-def _not_yet(args: argparse.Namespace) -> int:
-    print(f"dicomnode {args.command}: needs the node's spool index, which is not part of this "
-          "version yet", file=sys.stderr)
-    return EXIT_ERROR
+def _open_index(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from dicomnode.spool import Spool
+
+    config = _load(args)
+    if not (config.node.storage_dir / "index.sqlite").exists():
+        raise DicomNodeError(
+            f"no index at {config.node.storage_dir / 'index.sqlite'}: the node has not "
+            "received anything yet, or node.storage_dir points elsewhere"
+        )
+    return Spool(config.node.storage_dir)
+
+
+def _status(args: argparse.Namespace) -> int:
+    spool = _open_index(args)
+    try:
+        status = spool.status()
+        if args.json:
+            status["series_list"] = spool.series_list()
+            print(json.dumps(status, indent=2, default=str))
+            return EXIT_OK
+    finally:
+        spool.close()
+    print(f"instances: {status['instances']}")
+    print("series:  " + (", ".join(f"{k}={v}" for k, v in sorted(status["series"].items()))
+                         or "none"))
+    print("jobs:    " + (", ".join(f"{k}={v}" for k, v in sorted(status["jobs"].items()))
+                         or "none"))
+    for name, counts in sorted(status["destinations"].items()):
+        error = counts.pop("last_error", "")
+        line = ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+        print(f"destination {name}: {line}" + (f"; last error: {error}" if error else ""))
+    for failed in status["failed_jobs"]:
+        print(f"failed: series {failed['series_uid']} rule {failed['rule']}: {failed['error']}")
+    return EXIT_OK
+
+
+def _retry(args: argparse.Namespace) -> int:
+    if bool(args.series_uid) == bool(args.failed):
+        print("dicomnode retry: give either SERIES_UID or --failed", file=sys.stderr)
+        return EXIT_USAGE
+    spool = _open_index(args)
+    try:
+        count = spool.retry(args.series_uid)
+    finally:
+        spool.close()
+    print(f"re-queued {count} failed job(s)")
+    return EXIT_OK
 
 
 def _check_config(args: argparse.Namespace) -> int:

@@ -80,7 +80,12 @@ class MatchCondition:
     pattern: re.Pattern[str] | None = None
 
     def holds(self, value: object) -> bool:
-        text = "" if value is None else str(value).strip()
+        if value is None:
+            text = ""
+        elif isinstance(value, str | bytes | int | float):
+            text = str(value).strip()
+        else:  # multi-valued (ImageType ...): matched as DICOM writes it, values joined by "\\"
+            text = "\\".join(str(v).strip() for v in value)
         if self.pattern is not None:
             return self.pattern.search(text) is not None
         return text.casefold() == self.expected.casefold()

@@ -29,11 +29,16 @@ def safe_name(value: str, max_length: int = 64) -> str:
     return "x_" + cleaned
 
 
-def atomic_write_bytes(path: Path, data: bytes, fsync: bool = True) -> None:
-    """Write ``data`` to ``path`` through a temporary file, flush, fsync, rename."""
+def atomic_write_bytes(path: Path, data: bytes, fsync: bool = True,
+                       tmp_dir: Path | None = None) -> None:
+    """Write ``data`` to ``path`` through a temporary file, flush, fsync, rename.
+
+    ``tmp_dir`` (same file system) keeps half-written files out of the target folder, so a
+    crash leaves them where recovery looks for them.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=tmp_dir or path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

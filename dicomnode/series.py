@@ -70,10 +70,14 @@ class ScanResult:
 
 def scan(root: str | Path) -> ScanResult:
     """Every DICOM image under ``root`` grouped by series; other files listed as skipped."""
-    root = Path(root)
+    return scan_files(_walk(Path(root)))
+
+
+def scan_files(paths: Iterable[Path]) -> ScanResult:
+    """Group the given files into ordered series (the worker knows its files already)."""
     by_uid: dict[str, Series] = {}
     skipped: list[SkippedFile] = []
-    for path in _walk(root):
+    for path in paths:
         header, reason = _read_header(path)
         if header is None:
             skipped.append(SkippedFile(path, reason))
