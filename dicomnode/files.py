@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
@@ -19,14 +20,16 @@ _UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 def safe_name(value: str, max_length: int = 64) -> str:
     """A file name from a received value (e.g. a UID) that can never leave its folder.
 
-    Valid UIDs pass unchanged; anything else has every character outside [0-9A-Za-z.-]
-    replaced and gets a prefix, so '../../x' becomes 'x_.._.._x' and stays put.
+    Valid UIDs pass unchanged; anything else keeps only [0-9A-Za-z.-], gets an ``x_`` prefix
+    (no UID starts with a letter) and a hash of the original, so '../../x' cannot climb out
+    and two different hostile values cannot land on the same file.
     """
     value = str(value).strip().rstrip("\x00")
     if value and len(value) <= max_length and _UID_PATTERN.match(value):
         return value
-    cleaned = re.sub(r"[^0-9A-Za-z.-]", "_", value)[:max_length] or "empty"
-    return "x_" + cleaned
+    cleaned = re.sub(r"[^0-9A-Za-z.-]", "_", value)[:40]
+    digest = hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return f"x_{cleaned}_{digest}"
 
 
 def atomic_write_bytes(path: Path, data: bytes, fsync: bool = True,

@@ -127,9 +127,8 @@ def _association_failure(assoc: Association, destination: Destination) -> SendEr
         kind = "permanently" if permanent else "transiently"
         return SendError(f"association rejected {kind} by {where}: {reason}",
                          transient=not permanent)
-    if assoc.is_aborted:
-        return SendError(f"association aborted by {where}", transient=True)
-    return SendError(f"cannot connect to {where} (refused, unreachable or timed out)",
+    # pynetdicom reports a refused TCP connection as an aborted association.
+    return SendError(f"cannot connect to {where} (connection refused, aborted or timed out)",
                      transient=True)
 
 

@@ -144,6 +144,22 @@ class NodeProcess:
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
 
+    def query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        """Read the node's SQLite index directly (fast enough to poll every few ms)."""
+        import sqlite3
+
+        path = self.workdir / "var" / "index.sqlite"
+        if not path.exists():
+            return []
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            return db.execute(sql, args).fetchall()
+        finally:
+            db.close()
+
+    def job_states(self) -> list[str]:
+        return [row[0] for row in self.query("SELECT state FROM jobs")]
+
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
@@ -151,7 +167,8 @@ class NodeProcess:
 class Orthanc:
     """A real Orthanc PACS as a plain foreground process with its own folder and ports."""
 
-    def __init__(self, workdir: Path, aet: str = "ORTHANC") -> None:
+    def __init__(self, workdir: Path, aet: str = "ORTHANC", check_called_aet: bool = False
+                 ) -> None:
         self.workdir = workdir
         self.aet = aet
         self.http_port = free_port()
@@ -162,13 +179,14 @@ class Orthanc:
             "Name": "test-pacs", "StorageDirectory": str(workdir / "db"),
             "IndexDirectory": str(workdir / "db"), "HttpPort": self.http_port,
             "DicomPort": self.dicom_port, "DicomAet": aet, "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False, "DicomCheckCalledAet": False, "Plugins": [],
+            "AuthenticationEnabled": False, "DicomCheckCalledAet": check_called_aet, "Plugins": [],
             "DicomAlwaysAllowStore": True, "StorageCompression": False,
             "HttpDescribeErrors": True,
         }))
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60) -> None:
+        """Start (or start again after ``stop``, same ports and storage)."""
         env = {**os.environ, "TCP_NODELAY": "1"}
         self.process = subprocess.Popen(
             [ORTHANC, f"--logdir={self.workdir}", str(self.config)], env=env,
