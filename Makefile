@@ -43,9 +43,7 @@ peers:
 
 serve: install
 	$(BIN)/dicomnode check-config --config $(CONFIG)
-	@echo "NOTE: the DICOM server (dicomnode serve) is not built yet; running the offline demo:"
-	@echo "      dicomnode enhance tests/data/mr_siemens_prisma_t1_fl2d_sag_35sl var/demo --model bicubic-x2"
-	$(BIN)/dicomnode enhance tests/data/mr_siemens_prisma_t1_fl2d_sag_35sl var/demo --model bicubic-x2
+	$(BIN)/dicomnode serve --config $(CONFIG)
 
 test: install peers
 	$(BIN)/ruff check .
