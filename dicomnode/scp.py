@@ -77,6 +77,7 @@ class Receiver:
     def __init__(self, storage_dir: Path, min_free_disk_mb: int,
                  on_stored: Callable[[], None] | None = None) -> None:
         self.storage_dir = Path(storage_dir)
+        self.storage_dir.mkdir(parents=True, exist_ok=True)
         self.min_free_bytes = min_free_disk_mb * 1024 * 1024
         self.on_stored = on_stored
         self._local = threading.local()
@@ -90,7 +91,10 @@ class Receiver:
     def handle_store(self, event: evt.Event) -> Dataset | int:
         calling = event.assoc.requestor.ae_title
         requested_uid = str(event.request.AffectedSOPInstanceUID or "")
-        free = shutil.disk_usage(self.storage_dir).free
+        try:
+            free = shutil.disk_usage(self.storage_dir).free
+        except OSError:
+            free = 0  # the spool folder vanished or is unreadable: refuse, do not crash
         if free < self.min_free_bytes:
             log_event(log, "store_refused", logging.WARNING, sop_uid=requested_uid,
                       calling_aet=calling, status="0xA700", reason="disk below min_free_disk_mb",
