@@ -8,7 +8,6 @@ touches a model. Domain problems become DICOM statuses here and nowhere else.
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import shutil
 import socket
@@ -17,7 +16,6 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-import pydicom
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
@@ -27,7 +25,7 @@ from dicomnode import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicomnode.config import NodeConfig
 from dicomnode.errors import InputRejected
 from dicomnode.logs import event as log_event
-from dicomnode.spool import InstanceHeader, Spool
+from dicomnode.spool import Spool, parse_header
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +34,6 @@ STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_DATASET_MISMATCH = 0xA900
 STATUS_CANNOT_UNDERSTAND = 0xC210
 
-_HEADER_TAGS = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID",
-                "Modality")
 
 
 def set_nodelay(assoc_event: evt.Event) -> None:
@@ -46,29 +42,6 @@ def set_nodelay(assoc_event: evt.Event) -> None:
     if raw is not None:
         with contextlib.suppress(OSError):  # the peer already closed: nothing to tune
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def parse_header(data: bytes) -> InstanceHeader:
-    """The UIDs the index needs, read without the pixel data; InputRejected if unusable."""
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True,
-                             specific_tags=list(_HEADER_TAGS))
-    except Exception as exc:  # pydicom raises many types for damaged streams
-        raise InputRejected(f"dataset cannot be parsed: {type(exc).__name__}: {exc}") from exc
-    values = {}
-    for keyword in _HEADER_TAGS[:4]:
-        value = str(ds.get(keyword, "") or "").strip()
-        if not value:
-            raise InputRejected(f"{keyword} is missing or empty")
-        if len(value) > 64:
-            raise InputRejected(f"{keyword} is {len(value)} characters long (at most 64)")
-        values[keyword] = value
-    syntax = ds.file_meta.get("TransferSyntaxUID", "") if hasattr(ds, "file_meta") else ""
-    return InstanceHeader(
-        sop_uid=values["SOPInstanceUID"], sop_class_uid=values["SOPClassUID"],
-        series_uid=values["SeriesInstanceUID"], study_uid=values["StudyInstanceUID"],
-        modality=str(ds.get("Modality", "") or "")[:16], transfer_syntax=str(syntax),
-    )
 
 
 class Receiver:

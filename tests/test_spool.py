@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from dicomnode.errors import InputRejected
 from dicomnode.scu import backoff, classify_status
-from dicomnode.spool import InstanceHeader, Spool
+from dicomnode.spool import InstanceHeader, Spool, parse_header
+from tests.conftest import MR_DIR
 
 SERIES = "1.2.826.0.1.3680043.10.3.1"
 
@@ -67,7 +69,7 @@ def test_claim_is_exclusive_and_recover_requeues(spool: Spool, tmp_path: Path):
     assert spool.claim_job("w3") is None
     (spool.tmp_dir / ".tmp-half.part").write_bytes(b"partial")
     report = other.recover()
-    assert report == {"requeued_jobs": 2, "removed_partial_files": 1}
+    assert report == {"requeued_jobs": 2, "removed_partial_files": 1, "reindexed_files": 0}
     assert spool.claim_job("w4") is not None
     other.close()
 
@@ -119,3 +121,26 @@ def test_status_classification(code: int, expected: tuple[bool, bool]):
 
 def test_backoff_doubles_from_5s_to_10min():
     assert [backoff(n) for n in range(1, 10)] == [5, 10, 20, 40, 80, 160, 320, 600, 600]
+
+
+def test_files_whose_index_rows_were_lost_are_reindexed(spool: Spool):
+    """Power loss after fsync of the file but before the WAL reached the disk."""
+    source = sorted(MR_DIR.glob("*.dcm"))[0]
+    data = source.read_bytes()
+    header = parse_header(data)
+    path = spool.instance_path(header.series_uid, header.sop_uid)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(data)
+    assert spool.recover()["reindexed_files"] == 1
+    row = spool.db.execute("SELECT series_uid, path FROM instances").fetchone()
+    assert tuple(row) == (header.series_uid, str(path))
+    assert _state(spool) == "receiving"
+    assert spool.recover()["reindexed_files"] == 0
+
+
+def test_parse_header_reads_only_what_the_index_needs():
+    header = parse_header(sorted(MR_DIR.glob("*.dcm"))[0].read_bytes())
+    assert header.modality == "MR" and header.series_uid.endswith(".0.0.0")
+    assert header.transfer_syntax == "1.2.840.10008.1.2.1"
+    with pytest.raises(InputRejected, match=r"cannot be parsed|missing"):
+        parse_header(b"DICM" + b"\x00" * 10)
