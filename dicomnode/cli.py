@@ -93,9 +93,15 @@ def _device(value: str) -> str:
 
 
 def _load(args: argparse.Namespace) -> Config:
+    """The checked config, TLS files included (missing or world-readable keys refused)."""
+    from dicomnode.config import check_files
     from dicomnode.zoo import model_names
 
-    return load_config(args.config, model_names())
+    config = load_config(args.config, model_names())
+    problems = check_files(config)
+    if problems:
+        raise ConfigError(problems, str(args.config))
+    return config
 
 
 def _serve(args: argparse.Namespace) -> int:

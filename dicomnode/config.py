@@ -32,6 +32,15 @@ class TlsConfig:
 
 
 @dataclass(frozen=True)
+class ClientTlsConfig:
+    """TLS towards a destination: ``ca`` verifies it; ``cert``/``key`` if it wants ours."""
+
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     ae_title: str = "DICOMNODE"
     host: str = "0.0.0.0"
@@ -69,6 +78,7 @@ class Destination:
     port: int = 0
     calling_ae_title: str = ""
     path: Path | None = None
+    tls: ClientTlsConfig | None = None  # DICOM TLS to this destination (extends SPEC 3)
 
 
 @dataclass(frozen=True)
@@ -202,6 +212,41 @@ def _parse_tls(c: _Checker, t: Mapping[str, Any]) -> TlsConfig | None:
     return TlsConfig(Path(cert), Path(key), Path(ca) if ca else None)
 
 
+def _parse_client_tls(c: _Checker, t: Mapping[str, Any], path: str) -> ClientTlsConfig | None:
+    c.known_keys(t, path, ("cert", "key", "ca"))
+    cert = c.get(t, "cert", path, str, None, _non_empty)
+    key = c.get(t, "key", path, str, None, _non_empty)
+    ca = c.get(t, "ca", path, str, None, _non_empty, required=True)
+    if (cert is None) != (key is None):
+        c.problems.append(f"{path}: give both cert and key, or neither")
+    if ca is None:
+        return None
+    return ClientTlsConfig(Path(ca), Path(cert) if cert else None, Path(key) if key else None)
+
+
+def check_files(config: Config) -> list[str]:
+    """File-system checks done at start (parsing stays pure): TLS files exist and private
+    keys are not readable by every user."""
+    problems = []
+    entries: list[tuple[str, TlsConfig | ClientTlsConfig]] = []
+    if config.node.tls is not None:
+        entries.append(("node.tls", config.node.tls))
+    entries += [(f"destinations[{i}].tls", d.tls) for i, d in enumerate(config.destinations)
+                if d.tls is not None]
+    for where, tls in entries:
+        for name in ("cert", "key", "ca"):
+            path = getattr(tls, name)
+            if path is None:
+                continue
+            if not path.is_file():
+                problems.append(f"{where}.{name}: file {path} does not exist")
+            elif name == "key" and path.stat().st_mode & 0o004:
+                problems.append(
+                    f"{where}.key: {path} is readable by every user "
+                    f"(mode {path.stat().st_mode & 0o777:o}); run chmod 600 {path}")
+    return problems
+
+
 def _parse_http(c: _Checker, t: Mapping[str, Any]) -> HttpConfig:
     d = HttpConfig()
     c.known_keys(t, "http", ("host", "port"))
@@ -259,16 +304,18 @@ def _parse_destinations(c: _Checker, raw: Any, node: NodeConfig) -> tuple[Destin
             if name is not None and folder is not None:
                 result.append(Destination(name=name, type="folder", path=Path(folder)))
         elif kind == "dicom":
-            c.known_keys(t, p, ("name", "type", "ae_title", "host", "port", "calling_ae_title"))
+            c.known_keys(t, p, ("name", "type", "ae_title", "host", "port", "calling_ae_title",
+                                "tls"))
             ae = c.ae_title(t, "ae_title", p, None, required=True)
             host = c.get(t, "host", p, str, None, _non_empty, required=True)
             port = c.port(t, "port", p, None, required=True)
             calling = c.ae_title(t, "calling_ae_title", p, node.ae_title)
+            tls = _parse_client_tls(c, c.table(t, "tls", p), f"{p}.tls") if "tls" in t else None
             if None not in (name, ae, host, port):
-                result.append(Destination(name, "dicom", ae, host, port, calling))
+                result.append(Destination(name, "dicom", ae, host, port, calling, tls=tls))
         else:
             c.known_keys(t, p, ("name", "type", "path", "ae_title", "host", "port",
-                                "calling_ae_title"))
+                                "calling_ae_title", "tls"))
     return tuple(result)
 
 

@@ -10,6 +10,7 @@ reason. Derived objects stay on disk until their destination acknowledged them.
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -75,7 +76,8 @@ def send_dicom(destination: Destination, deliveries: list[Delivery],
     for sop_class in classes:
         ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
-                         evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)])
+                         evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)],
+                         tls_args=tls_client_args(destination))
     if not assoc.is_established:
         error = _association_failure(assoc, destination)
         return [Outcome(d, False, error.transient, str(error)) for d in deliveries]
@@ -99,6 +101,16 @@ def send_dicom(destination: Destination, deliveries: list[Delivery],
         if assoc.is_established:
             assoc.release()
     return outcomes
+
+
+def tls_client_args(destination: Destination) -> tuple[ssl.SSLContext, str] | None:
+    """pynetdicom's ``tls_args`` for a destination with ``[destinations.tls]``."""
+    if destination.tls is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=destination.tls.ca)
+    if destination.tls.cert is not None and destination.tls.key is not None:
+        context.load_cert_chain(destination.tls.cert, destination.tls.key)
+    return context, destination.host
 
 
 def _send_one(assoc: Association, delivery: Delivery) -> Outcome:

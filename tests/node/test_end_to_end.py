@@ -57,6 +57,9 @@ def test_mr_series_enhanced_and_delivered_to_orthanc(orthanc: Orthanc, node_fact
     assert code == 200 and json.loads(listing)[0]["state"] == "done"
     assert "PatientName" not in listing and "crlab" not in listing  # no PHI
     assert node.stop() == 0
+    log = node.log_text()
+    assert "job_derived" in log
+    assert "crlab" not in log and "HFS" not in log  # PatientID / PatientName never logged
 
 
 @pytest.mark.slow
