@@ -11,7 +11,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # torch first, pinned: this build is on local disk here; any other request downloads GBs.
 TORCH  := torch==2.13.0
 
-.PHONY: all install serve test test-fast lint peers system demo clean
+.PHONY: all install serve test test-fast soak lint peers system clean
 
 all: install
 
@@ -51,6 +51,10 @@ test: install peers
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
+
+# Long fault run: 20 random kill -9 over 10 series streaming in and out (minutes).
+soak: install peers
+	SOAK_KILLS=20 SOAK_SERIES=10 $(BIN)/python -m pytest tests/node/test_soak.py -q
 
 lint: install
 	$(BIN)/ruff check .
