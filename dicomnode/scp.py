@@ -24,6 +24,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from dicomnode import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicomnode.config import NodeConfig
 from dicomnode.errors import InputRejected
+from dicomnode.files import part10_header
 from dicomnode.logs import event as log_event
 from dicomnode.spool import Spool, parse_header
 
@@ -73,7 +74,10 @@ class Receiver:
                       calling_aet=calling, status="0xA700", reason="disk below min_free_disk_mb",
                       free_mb=free // 2**20)
             return _status(STATUS_OUT_OF_RESOURCES, "Out of resources: spool disk is full")
-        data = event.encoded_dataset(include_meta=True)
+        data = part10_header(
+            str(event.request.AffectedSOPClassUID or ""), requested_uid,
+            str(event.context.transfer_syntax), calling,
+        ) + event.encoded_dataset(include_meta=False)
         try:
             header = parse_header(data)
         except InputRejected as exc:

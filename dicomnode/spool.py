@@ -110,6 +110,10 @@ class InstanceHeader:
 
 _HEADER_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
 _LAST_HEADER_TAG = BaseTag(0x0020000E)  # SeriesInstanceUID: the last tag the index needs
+_HEADER_TAGS: list[BaseTag | int] = [
+    BaseTag(0x00080005), BaseTag(0x00080016), BaseTag(0x00080018), BaseTag(0x00080060),
+    BaseTag(0x0020000D), _LAST_HEADER_TAG,
+]
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +126,7 @@ def parse_header(data: bytes) -> InstanceHeader:
     try:
         ds = pydicom.filereader.read_partial(
             io.BytesIO(data), stop_when=lambda tag, vr, length: tag > _LAST_HEADER_TAG,
-            defer_size=1024)
+            defer_size=1024, specific_tags=_HEADER_TAGS)
     except Exception as exc:  # pydicom raises many types for damaged streams
         raise InputRejected(f"dataset cannot be parsed: {type(exc).__name__}: {exc}") from exc
     values = {}
