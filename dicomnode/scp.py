@@ -11,6 +11,7 @@ import contextlib
 import logging
 import shutil
 import socket
+import sqlite3
 import ssl
 import threading
 from collections.abc import Callable
@@ -91,7 +92,7 @@ class Receiver:
             return _status(STATUS_DATASET_MISMATCH, reason)
         try:
             replaced = self._spool().store_instance(data, header, calling)
-        except OSError as exc:
+        except (OSError, sqlite3.Error) as exc:  # disk full, I/O error, index unwritable
             log_event(log, "store_failed", logging.ERROR, sop_uid=header.sop_uid,
                       calling_aet=calling, status="0xA700", reason=str(exc))
             return _status(STATUS_OUT_OF_RESOURCES, f"Out of resources: write error ({exc})")
