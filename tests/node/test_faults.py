@@ -171,3 +171,19 @@ def test_unparseable_dataset_gets_a_failure_status(node_factory):
     assert _send_raw(node.port, ok) == 0x0000  # the node stays up for the next one
     assert "SeriesInstanceUID is missing" in node.log_text()
     node.stop()
+
+
+@pytest.mark.slow
+def test_sigterm_during_work_exits_cleanly_and_resumes(orthanc: Orthanc, node_factory):
+    node = node_factory(denoise_rule(), pacs_destination(orthanc))
+    node.start()
+    storescu(MR_DIR, node.port)
+    wait_for(lambda: "processing" in node.job_states(), 60, "the job to be processing",
+             interval=0.01)
+    assert node.stop() == 0  # SIGTERM: stop accepting, finish or checkpoint, exit 0
+    assert "node_stopped" in node.log_text()
+    assert node.job_states() in (["sending"], ["done"])  # the job in flight was finished
+    node.start()
+    wait_for(lambda: node.job_states() == ["done"], 120, "the work to resume and finish")
+    _assert_exactly_once(orthanc, node)
+    node.stop()
