@@ -1,7 +1,8 @@
 """Write N single-frame 512x512 CT instances (one series) for the ingest benchmark.
 
-Copies of the tilted-gantry head CT slices in tests/data with fresh, deterministic UIDs, so
-that every instance is a real image of realistic size (~0.5 MB).
+Copies of the tilted-gantry head CT slices in tests/data with fresh, deterministic UIDs and
+distinct positions (2 mm apart), so that every instance is a real image of realistic size
+(~0.5 MB) and the series is a plausible stack.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         ds.SOPInstanceUID = f"{ROOT}.2.{i + 1}"
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.InstanceNumber = i + 1
+        position = [float(v) for v in ds.ImagePositionPatient]
+        ds.ImagePositionPatient = [position[0], position[1], round(-300.0 + 2.0 * i, 3)]
+        ds.SliceLocation = ds.ImagePositionPatient[2]
         ds.save_as(args.out / f"{i + 1:05d}.dcm", enforce_file_format=True)
     print(f"wrote {args.count} instances to {args.out}")
     return 0
