@@ -137,7 +137,7 @@ def infer(
     in_channels = int(getattr(model, "in_channels", array.shape[1]))
     if array.ndim != 4 or array.shape[1] != in_channels or 0 in array.shape:
         raise ValueError(
-            f"images have shape {images.shape}: expected (N, H, W) or (N, {in_channels}, H, W) "
+            f"images have shape {array.shape}: expected (N, H, W) or (N, {in_channels}, H, W) "
             f"for a network with in_channels = {in_channels}"
         )
     if batch_size < 1:
@@ -158,7 +158,8 @@ def infer(
             if not is_out_of_memory(exc):
                 raise
             release_cached_memory(target)
-            size = current_tile or max(height, width)
+            largest = max(height, width)
+            size = min(current_tile or largest, largest)
             if batch > 1:
                 batch //= 2
             elif size // 2 >= max(MIN_TILE, 2 * overlap):
