@@ -13,6 +13,7 @@ from skimage.restoration import denoise_nl_means, estimate_sigma
 from skimage.transform import resize
 
 from dicomnode.errors import ModelError
+from dicomnode.guards import apply_guards
 from dicomnode.zoo import Enhancer, ModelCard
 
 
@@ -34,14 +35,23 @@ def nl_means(image: np.ndarray) -> np.ndarray:
 
 
 class SliceEnhancer:
-    """Applies a per-slice function to each slice of a stack."""
+    """Applies a per-slice function to each slice of a stack, then the guards the card turns on.
+
+    Guards are off for classical algorithms unless their card sets one true (bicubic with the
+    consistency guard is bicubic plus back-projection); the learned models' guards, same code.
+    """
 
     def __init__(self, card: ModelCard, function: Callable[[np.ndarray], np.ndarray]) -> None:
         self.card = card
         self._function = function
 
     def __call__(self, stack: np.ndarray) -> np.ndarray:
-        return np.stack([self._function(s) for s in np.asarray(stack, dtype=np.float32)])
+        stack = np.asarray(stack, dtype=np.float32)
+        output = np.stack([self._function(s) for s in stack])
+        guards = self.card.active_guards
+        if not guards:
+            return output
+        return apply_guards(guards, output, stack, self.card.scale, self.card.degradation_name)
 
 
 def _bicubic(card: ModelCard) -> Enhancer:

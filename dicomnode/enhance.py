@@ -7,7 +7,7 @@ gives the same derived objects whichever way it arrives.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +25,9 @@ from dicomnode.zoo import Enhancer, ModelCard
 log = logging.getLogger(__name__)
 
 Sink = Callable[[Dataset], Path]
+# Slices decoded for series statistics (percentile normalisation) before the chunks: enough for
+# stable percentiles, cheap next to processing the series.
+SAMPLE_SLICES = 8
 
 
 @dataclass
@@ -46,7 +49,7 @@ def derivation_for(card: ModelCard, rule_name: str, suffix: str,
     """The labels a card's output carries: task, model, version and guards in plain words."""
     what = f"Super-resolution x{card.scale}" if card.task == "super-resolution" else "Denoising"
     kind = "AI-processed" if card.learned else "classical algorithm"
-    guards = [name for name, on in sorted(card.guards.items()) if on]
+    guards = card.active_guards
     guard_text = f"; guards: {', '.join(guards)}" if guards else ""
     description = (
         f"{what} (dicomnode {card.name} {card.version}); {kind}{guard_text}, "
@@ -59,6 +62,24 @@ def derivation_for(card: ModelCard, rule_name: str, suffix: str,
     )
 
 
+@dataclass
+class _Slice:
+    """One decoded source image; ``values`` are modality values with "bright = high"."""
+
+    image: SourceImage
+    ds: Dataset
+    fmt: PixelFormat
+    values: np.ndarray
+
+
+@dataclass
+class _Window:
+    """A chunk of consecutive same-size slices, plus the neighbours the enhancer needs."""
+
+    centre: list[_Slice]
+    stack: np.ndarray  # (context + len(centre) + context, H, W)
+
+
 def enhance_series(
     series: Series,
     enhancer: Enhancer,
@@ -67,45 +88,122 @@ def enhance_series(
     batch_size: int = 8,
     on_image: Callable[[], None] | None = None,
 ) -> SeriesOutcome:
-    """Derive every usable image of ``series``; a bad image is refused, the rest go on."""
+    """Derive every usable image of ``series``; a bad image is refused, the rest go on.
+
+    Slices are decoded once each, in series order, and at most ``batch_size`` (plus the
+    enhancer's ``context`` neighbours on each side) are in memory at a time. An enhancer with
+    ``for_series`` first gets a few evenly spaced slices of the series (series statistics such
+    as percentiles), then the chunks.
+    """
     outcome = SeriesOutcome(series.series_instance_uid)
     reason = _series_refusal(series, enhancer.card)
     if reason is not None:
         outcome.skipped_reason = reason
         event(log, "series_skipped", series_uid=series.series_instance_uid, reason=reason)
         return outcome
-    for start in range(0, len(series.images), batch_size):
-        chunk = series.images[start:start + batch_size]
-        loaded = []
-        for image in chunk:
+    context = int(getattr(enhancer, "context", 0) or 0)
+    bind = getattr(enhancer, "for_series", None)
+    run = bind(series_sample(series)) if bind is not None else enhancer
+    for window in _windows(_decoded(series, outcome, on_image), batch_size, context):
+        output = np.asarray(run(window.stack), dtype=np.float64)
+        if len(output) != len(window.centre):
+            raise DeriveError(f"model {enhancer.card.name!r} returned {len(output)} slice(s) "
+                              f"for {len(window.centre)}")
+        for item, result in zip(window.centre, output, strict=True):
+            # MONOCHROME1 was negated when decoded: negate back before storing.
+            values = -result if item.fmt.inverted else result
             try:
-                loaded.append(_load(image))
-            except InputRejected as exc:
-                outcome.rejected.append((image.path, str(exc)))
-                event(log, "image_rejected", logging.WARNING, sop_uid=image.sop_instance_uid,
-                      reason=str(exc))
-                _tick(on_image)
-        for group in _same_shape_groups(loaded):
-            stack = np.stack([values for _, _, _, values in group])
-            inverted = np.asarray([fmt.inverted for _, _, fmt, _ in group])[:, None, None]
-            # MONOCHROME1 is shown inverted: negate so models always see "bright = high".
-            stack = np.where(inverted, -stack, stack)
-            output = np.asarray(enhancer(stack), dtype=np.float64)
-            output = np.where(inverted, -output, output)
-            for (image, ds, fmt, _), result in zip(group, output, strict=True):
-                try:
-                    derived = derive_image(ds, stored_values(result, fmt), fmt, derivation)
-                except DeriveError as exc:
-                    outcome.rejected.append((image.path, str(exc)))
-                    event(log, "derive_failed", logging.WARNING,
-                          sop_uid=image.sop_instance_uid, reason=str(exc))
-                else:
-                    outcome.written.append(sink(derived))
-                _tick(on_image)
+                derived = derive_image(item.ds, stored_values(values, item.fmt), item.fmt,
+                                       derivation)
+            except DeriveError as exc:
+                outcome.rejected.append((item.image.path, str(exc)))
+                event(log, "derive_failed", logging.WARNING,
+                      sop_uid=item.image.sop_instance_uid, reason=str(exc))
+            else:
+                outcome.written.append(sink(derived))
+            _tick(on_image)
     event(log, "series_enhanced", series_uid=series.series_instance_uid,
           model=enhancer.card.name, written=len(outcome.written),
           rejected=len(outcome.rejected))
     return outcome
+
+
+def series_sample(series: Series, count: int = SAMPLE_SLICES) -> list[np.ndarray]:
+    """Up to ``count`` evenly spaced slices of ``series`` ("bright = high" modality values).
+
+    The cheap first pass for series statistics; an image that cannot be decoded is left out
+    here and refused, with its reason, when the series is processed.
+    """
+    if not series.images:
+        return []
+    picks = np.unique(np.linspace(0, len(series.images) - 1, min(count, len(series.images)))
+                      .round().astype(int))
+    sample = []
+    for index in picks:
+        try:
+            sample.append(_load(series.images[index]).values)
+        except InputRejected:
+            continue
+    return sample
+
+
+def _decoded(series: Series, outcome: SeriesOutcome,
+             on_image: Callable[[], None] | None) -> Iterator[_Slice]:
+    """The usable slices in series order; refused ones are recorded (and ticked) on the way."""
+    for image in series.images:
+        try:
+            yield _load(image)
+        except InputRejected as exc:
+            outcome.rejected.append((image.path, str(exc)))
+            event(log, "image_rejected", logging.WARNING, sop_uid=image.sop_instance_uid,
+                  reason=str(exc))
+            _tick(on_image)
+
+
+def _windows(slices: Iterable[_Slice], size: int, context: int) -> Iterator[_Window]:
+    """Chunks of up to ``size`` consecutive same-size slices, each with ``context`` neighbours.
+
+    A slice's neighbours are the adjacent usable slices of the same size; at the ends of the
+    series (or of a run of one size) the end slice is repeated. One chunk's lookahead slices
+    are the next chunk's first ones, so every slice is decoded once.
+    """
+    before: list[_Slice] = []  # the last `context` slices already emitted, same run
+    pending: list[_Slice] = []
+    shape: tuple[int, ...] | None = None
+    for item in slices:
+        if shape is not None and item.values.shape != shape:
+            yield from _drain(before, pending, size, context)
+            before, pending = [], []
+        shape = item.values.shape
+        pending.append(item)
+        if len(pending) == size + context:
+            yield _window(before, pending[:size], pending[size:], context)
+            before = _last(before + pending[:size], context)
+            pending = pending[size:]
+    yield from _drain(before, pending, size, context)
+
+
+def _drain(before: list[_Slice], pending: list[_Slice], size: int,
+           context: int) -> Iterator[_Window]:
+    while pending:
+        centre, rest = pending[:size], pending[size:]
+        yield _window(before, centre, rest[:context], context)
+        before = _last(before + centre, context)
+        pending = rest
+
+
+def _window(before: list[_Slice], centre: list[_Slice], after: list[_Slice],
+            context: int) -> _Window:
+    left = _last(before, context)
+    right = after[:context]
+    arrays = [s.values for s in (*left, *centre, *right)]
+    arrays = [arrays[0]] * (context - len(left)) + arrays + [arrays[-1]] * (context - len(right))
+    return _Window(centre, np.stack(arrays))
+
+
+def _last(items: list[_Slice], count: int) -> list[_Slice]:
+    """The last ``count`` items; none for 0 (where ``items[-0:]`` would give them all)."""
+    return items[-count:] if count else []
 
 
 def _series_refusal(series: Series, card: ModelCard) -> str | None:
@@ -119,20 +217,15 @@ def _series_refusal(series: Series, card: ModelCard) -> str | None:
     return None
 
 
-def _load(image: SourceImage) -> tuple[SourceImage, Dataset, PixelFormat, np.ndarray]:
+def _load(image: SourceImage) -> _Slice:
     try:
         ds = image.read()
     except Exception as exc:  # a file damaged after the header scan
         raise InputRejected(f"cannot read {image.path.name}: {type(exc).__name__}: {exc}") from exc
     fmt = pixel_format(ds)
-    return image, ds, fmt, modality_values(ds, fmt)
-
-
-def _same_shape_groups(loaded: list) -> list[list]:
-    groups: dict[tuple[int, ...], list] = {}
-    for item in loaded:
-        groups.setdefault(item[3].shape, []).append(item)
-    return list(groups.values())
+    values = modality_values(ds, fmt)
+    # MONOCHROME1 is shown inverted: negate so models always see "bright = high".
+    return _Slice(image, ds, fmt, -values if fmt.inverted else values)
 
 
 def _tick(callback: Callable[[], None] | None) -> None:

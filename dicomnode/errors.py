@@ -32,6 +32,10 @@ class ModelError(DicomNodeError):
     """A model card, its weights or its architecture is missing or inconsistent."""
 
 
+class DeviceError(DicomNodeError):
+    """The asked compute device or precision is absent, or it ran out of memory."""
+
+
 class SendError(DicomNodeError):
     """Sending to a destination failed; ``transient`` says whether a retry may succeed."""
 

@@ -18,7 +18,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from dicomnode.config import PRECISIONS as _WORKER_PRECISIONS
 from dicomnode.errors import ModelError
+from dicomnode.guards import active_guards, requirement_problems, setting_problems
+from dicomnode.normalise import NormalisationSpec, parse_normalisation
 
 TASKS = ("super-resolution", "denoise")
 WEIGHTS_FILE = "weights.safetensors"
@@ -26,8 +29,10 @@ CARD_FILE = "model.toml"
 ZOO_ENV = "DICOMNODE_MODELS"
 _CARD_KEYS = (
     "name", "version", "task", "scale", "modalities", "description", "architecture",
-    "normalisation", "degradation", "training", "metrics", "guards", "weights",
+    "normalisation", "degradation", "training", "metrics", "guards", "weights", "inference",
 )
+PRECISIONS = tuple(p for p in _WORKER_PRECISIONS if p != "auto")
+_INFERENCE_KEYS = ("precisions",)
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,9 @@ class ModelCard:
     guards: Mapping[str, bool]
     weights_sha256: str | None
     folder: Path = field(compare=False)
+    # Number formats in which the model was validated (``[inference] precisions``); fp16/bf16
+    # are used only where listed, because accuracy in them is a property of the trained model.
+    precisions: tuple[str, ...] = ("fp32",)
 
     @property
     def learned(self) -> bool:
@@ -59,9 +67,32 @@ class ModelCard:
     def accepts_modality(self, modality: str) -> bool:
         return "*" in self.modalities or modality.upper() in self.modalities
 
+    @property
+    def active_guards(self) -> tuple[str, ...]:
+        """Guards that run: on by default for learned models, off per card (``[guards]``)."""
+        return active_guards(self.task, self.guards, self.learned)
+
+    @property
+    def degradation_name(self) -> str | None:
+        """``[degradation] name``: what the model undoes, and what the consistency guard keeps."""
+        name = self.degradation.get("name")
+        return name if isinstance(name, str) else None
+
+    @property
+    def normalisation_spec(self) -> NormalisationSpec:
+        return parse_normalisation(self.normalisation)[0]
+
 
 class Enhancer(Protocol):
-    """Turns a stack of slices (N, H, W) in modality values into (N, H*f, W*f)."""
+    """Turns a stack of slices (N, H, W) in modality values into (N, H*f, W*f).
+
+    Two optional attributes let ``enhance.enhance_series`` feed it better (both are absent on the
+    classical enhancers): ``context`` (int), the number of neighbouring slices it needs on each
+    side (2.5D networks: the stack then holds ``context`` extra slices before and after the N it
+    returns), and ``for_series(sample)``, which takes a few slices of the whole series (modality
+    values) and returns the callable to use for that series (per-series normalisation
+    statistics), so the enhancer itself keeps no per-series state.
+    """
 
     card: ModelCard
 
@@ -143,6 +174,16 @@ def parse_card(raw: Mapping[str, Any], folder: Path) -> ModelCard:
     if not isinstance(guards, dict) or not all(isinstance(v, bool) for v in guards.values()):
         problems.append("guards: expected a table of name = true/false")
         guards = {}
+    normalisation = raw.get("normalisation", {})
+    degradation = raw.get("degradation", {})
+    for key, table in (("normalisation", normalisation), ("degradation", degradation)):
+        if not isinstance(table, dict):
+            problems.append(f"{key}: expected a table")
+    if isinstance(normalisation, dict):
+        problems += parse_normalisation(normalisation)[1]
+    if task in TASKS:
+        problems += setting_problems(task, guards)
+    precisions = _precisions(raw.get("inference", {}), problems)
     if problems:
         raise ModelError(f"{where}: invalid card: " + "; ".join(problems))
     params = {k: v for k, v in architecture.items() if k != "name"}
@@ -155,12 +196,50 @@ def parse_card(raw: Mapping[str, Any], folder: Path) -> ModelCard:
         degradation=dict(raw.get("degradation", {})),
         training=dict(raw.get("training", {})),
         metrics=dict(raw.get("metrics", {})),
-        guards=dict(guards), weights_sha256=sha, folder=folder,
+        guards=dict(guards), weights_sha256=sha, folder=folder, precisions=precisions,
     )
 
 
+def _precisions(table: object, problems: list[str]) -> tuple[str, ...]:
+    """``[inference] precisions`` (default fp32 only), appending problems with their key path."""
+    if not isinstance(table, dict):
+        problems.append("inference: expected a table")
+        return ("fp32",)
+    problems += [f"inference.{k}: unknown key (known: {', '.join(_INFERENCE_KEYS)})"
+                 for k in table if k not in _INFERENCE_KEYS]
+    value = table.get("precisions", ["fp32"])
+    if (not isinstance(value, list) or not value
+            or not all(isinstance(v, str) and v in PRECISIONS for v in value)):
+        problems.append(f"inference.precisions: expected a list of {', '.join(PRECISIONS)} "
+                        f"(those the model was validated in), got {value!r}")
+        return ("fp32",)
+    return tuple(dict.fromkeys(value))
+
+
+def run_problems(card: ModelCard) -> list[str]:
+    """What a card lacks to be run (not just listed): each problem with its key path.
+
+    Kept apart from :func:`parse_card` so that ``dicomnode models`` still lists such a card;
+    :func:`load_model` and :func:`verify_weights` (``check-config``) refuse it.
+    """
+    problems = requirement_problems(card.active_guards, card.degradation)
+    if card.learned and "method" not in card.normalisation:
+        problems.append("normalisation.method: required for a learned model: \"hu\" (CT), "
+                        "\"percentile\" (MR, radiographs) or \"none\"")
+    return problems
+
+
+def check_runnable(card: ModelCard) -> None:
+    """Raise ModelError listing :func:`run_problems`, if any."""
+    problems = run_problems(card)
+    if problems:
+        raise ModelError(f"{card.folder / CARD_FILE}: cannot run model {card.name!r}: "
+                         + "; ".join(problems))
+
+
 def verify_weights(card: ModelCard) -> Path:
-    """The weights file, after checking it exists and its sha256 matches the card."""
+    """The weights file, after checking it exists and its sha256 matches the card, and that
+    the card holds what running the model needs (:func:`run_problems`)."""
     path = card.weights_path
     if not path.is_file():
         raise ModelError(f"model {card.name!r}: weights file {path} is missing")
@@ -168,19 +247,55 @@ def verify_weights(card: ModelCard) -> Path:
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    if digest.hexdigest() != card.weights_sha256:
-        raise ModelError(
-            f"model {card.name!r}: {path} has sha256 {digest.hexdigest()}, the card says "
-            f"{card.weights_sha256}; the file was changed or damaged: re-export the model"
-        )
+    _check_digest(card, digest.hexdigest())
+    check_runnable(card)
     return path
 
 
-def load_model(name: str, zoo_dir: Path | None = None, device: str = "cpu") -> Enhancer:
-    """The enhancer a card describes: classical algorithms or a network from safetensors."""
+def read_weights(card: ModelCard) -> bytes:
+    """The weights file's bytes, checked against the card's sha256.
+
+    Read once and checked in memory, so the bytes that are loaded are the bytes that were
+    checked (no window for the file to change in between).
+    """
+    path = card.weights_path
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ModelError(f"model {card.name!r}: weights file {path} is missing") from None
+    except OSError as exc:
+        raise ModelError(f"model {card.name!r}: cannot read {path}: {exc}") from None
+    _check_digest(card, hashlib.sha256(data).hexdigest())
+    return data
+
+
+def _check_digest(card: ModelCard, found: str) -> None:
+    if found != card.weights_sha256:
+        raise ModelError(
+            f"model {card.name!r}: {card.weights_path} has sha256 {found}, the card says "
+            f"{card.weights_sha256}; the file was changed or damaged: re-export the model"
+        )
+
+
+def load_model(
+    name: str,
+    zoo_dir: Path | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    tile: int | None = 512,
+    overlap: int = 32,
+    batch_size: int = 8,
+) -> Enhancer:
+    """The enhancer a card describes: a classical algorithm, or a network from safetensors.
+
+    ``device`` (``auto|cpu|cuda|cuda:N|mps``), ``precision`` (``auto|fp32|fp16|bf16``, within
+    the card's ``[inference] precisions``), ``tile``, ``overlap`` and ``batch_size`` configure
+    how a network runs (see :func:`dicomnode.inference.infer`); classical algorithms ignore them.
+    """
     from dicomnode.classical import CLASSICAL
 
     card = load_card(name, zoo_dir)
+    check_runnable(card)
     if not card.learned:
         factory = CLASSICAL.get(card.architecture)
         if factory is None:
@@ -189,11 +304,10 @@ def load_model(name: str, zoo_dir: Path | None = None, device: str = "cpu") -> E
                 f"algorithm ({', '.join(sorted(CLASSICAL))}) and the card has no weights.sha256"
             )
         return factory(card)
-    verify_weights(card)
-    raise ModelError(
-        f"model {card.name!r}: learned networks ({card.architecture}) are not loadable by "
-        "this version yet"
-    )
+    from dicomnode.learned import load_network_enhancer
+
+    return load_network_enhancer(card, device=device, precision=precision, tile=tile,
+                                 overlap=overlap, batch_size=batch_size)
 
 
 def _is_sha256(value: object) -> bool:

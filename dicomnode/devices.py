@@ -1,0 +1,161 @@
+"""Which torch device and number format a model runs on, decided once and checked.
+
+``[worker] device`` and ``--device`` say ``auto|cpu|cuda|cuda:N|mps``; a device that is asked for
+but absent is an error naming what was found, never a silent fall back to the CPU (an
+administrator who asked for the GPU wants to know it is missing). Nothing here calls ``.cuda()``:
+every device is resolved through :func:`resolve_device` first.
+
+Precision: reduced formats run only where they are both fast on the hardware and validated on
+the model card (``[inference] precisions``), because a card that was not checked in fp16 may lose
+accuracy there.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+from dicomnode.config import DEVICE_PATTERN
+from dicomnode.errors import DeviceError
+from dicomnode.logs import event
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """The torch device for ``auto|cpu|cuda|cuda:N|mps``; DeviceError if it is absent.
+
+    ``auto`` prefers CUDA, then Apple's MPS, then the CPU.
+    """
+    if isinstance(name, torch.device):
+        name = str(name)
+    if not isinstance(name, str) or not DEVICE_PATTERN.match(name):
+        raise DeviceError(f"device {name!r}: expected auto, cpu, cuda, cuda:N or mps")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "mps":
+        if not _mps_available():
+            raise DeviceError("device 'mps' was asked for but Apple's Metal (MPS) backend is not "
+                              "available here; use device = \"auto\" or \"cpu\"")
+        return torch.device("mps")
+    index = int(name.partition(":")[2] or 0)
+    if not torch.cuda.is_available():
+        raise DeviceError(
+            f"device {name!r} was asked for but CUDA is not available (torch {torch.__version__}, "
+            f"built for CUDA {torch.version.cuda or 'none'}): check the GPU driver and the torch "
+            "build, or use device = \"auto\" or \"cpu\""
+        )
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise DeviceError(
+            f"device {name!r} was asked for but this machine has {count} CUDA device(s) "
+            f"(cuda:0 to cuda:{count - 1})"
+        )
+    return torch.device("cuda", index)
+
+
+def cpu_has_amx() -> bool:
+    """True on CPUs with AMX tiles (Intel Sapphire Rapids and later): bf16 matrices at speed.
+
+    Without AMX (or at least AVX512-BF16) bf16 is emulated on the CPU and slower than fp32.
+    """
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    if probe is not None:
+        try:
+            return bool(probe())
+        except RuntimeError:
+            pass
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return False
+    return "amx_bf16" in flags
+
+
+def supported_precisions(device: torch.device) -> tuple[str, ...]:
+    """Formats this device computes at all (fast or not)."""
+    if device.type == "cuda":
+        bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+        return ("fp32", "fp16", "bf16") if bf16 else ("fp32", "fp16")
+    if device.type == "mps":
+        return ("fp32", "fp16")
+    return ("fp32", "bf16")
+
+
+def choose_precision(requested: str, device: torch.device,
+                     allowed: Iterable[str] = ("fp32",)) -> str:
+    """The format to run in: ``requested`` (``auto|fp32|fp16|bf16``) within what the card allows.
+
+    ``auto`` picks the fastest format that is fast on this device and validated on the card:
+    bf16 then fp16 on CUDA, bf16 on CPUs with AMX, fp16 on MPS, else fp32. An explicit reduced
+    format the card does not validate runs in fp32 with a warning (fp32 is always accurate); one
+    the device cannot compute is an error.
+    """
+    allowed = tuple(allowed)
+    if requested not in ("auto", *PRECISIONS):
+        raise DeviceError(f"precision {requested!r}: expected auto, fp32, fp16 or bf16")
+    if requested == "auto":
+        if device.type == "cuda":
+            preferred = [p for p in ("bf16", "fp16") if p in supported_precisions(device)]
+        elif device.type == "mps":
+            preferred = ["fp16"]
+        else:
+            preferred = ["bf16"] if cpu_has_amx() else []
+        return next((p for p in preferred if p in allowed), "fp32")
+    if requested == "fp32":
+        return "fp32"
+    if requested not in supported_precisions(device):
+        raise DeviceError(
+            f"precision {requested!r} is not supported on {device} (supported: "
+            f"{', '.join(supported_precisions(device))}); set [worker] precision = \"auto\""
+        )
+    if requested not in allowed:
+        event(log, "precision_not_validated", logging.WARNING, requested=requested,
+              allowed=",".join(allowed), using="fp32")
+        return "fp32"
+    return requested
+
+
+def check_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device`` (None = fp32); DeviceError if absent."""
+    if precision == "fp32":
+        return None
+    if precision not in supported_precisions(device):
+        raise DeviceError(
+            f"precision {precision!r} is not supported on {device} (supported: "
+            f"{', '.join(supported_precisions(device))})"
+        )
+    return DTYPES[precision]
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for a device allocation failure that a smaller batch or tile may avoid."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    # MPS reports exhaustion as a plain RuntimeError.
+    return isinstance(exc, RuntimeError) and "MPS backend out of memory" in str(exc)
+
+
+def release_cached_memory(device: torch.device) -> None:
+    """Give cached blocks back after an out-of-memory error, before retrying smaller."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps" and hasattr(torch, "mps"):
+        torch.mps.empty_cache()
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())

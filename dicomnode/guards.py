@@ -1,0 +1,184 @@
+"""Safety guards applied after a network (SPEC section 6): the output may not contradict the input.
+
+- ``consistency`` (super-resolution): project the output so that the card's degradation applied
+  to it gives back the input. ``kspace`` (MR): the output's central k-space is replaced by the
+  input's; ``block_mean`` (CT, radiographs): the up-sampled residual of the block means is added.
+  The network can only add detail that the acquisition could not have measured.
+- ``intensity`` (denoising): the output's low-pass (Gaussian, sigma 4 pixels) is replaced by the
+  input's, so HU and signal levels (MR's noise floor too) are kept and only noise-scale detail
+  changes.
+
+Guards are on by default for learned models (a card turns one off with ``[guards] name = false``)
+and are named in the derived DerivationDescription. They use :mod:`dicomnode.degradations`, the
+code training degrades with, so the guard enforces exactly what the model was trained to undo.
+All functions work on modality values, on the last two axes, one slice at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+# _centre is the crop kspace_truncate uses: sharing it keeps guard and degradation identical.
+from dicomnode.degradations import _centre, block_mean
+from dicomnode.logs import event
+
+log = logging.getLogger(__name__)
+
+# guard name -> the task it belongs to
+GUARDS = {"consistency": "super-resolution", "intensity": "denoise"}
+SR_DEGRADATIONS = ("kspace", "block_mean")
+LOW_PASS_SIGMA = 4.0
+# The intensity guard repeats its projection until the low-pass differs from the input's by at
+# most this fraction of the input's range; the contract allows 0.5 % of the series' range, and a
+# chunk's range is at most the series'. Each step costs one Gaussian filter of the chunk; outputs
+# that only remove noise and shift levels need two to four.
+INTENSITY_TOLERANCE = 1e-3
+INTENSITY_CONTRACT = 5e-3
+INTENSITY_MAX_STEPS = 16
+
+
+def default_guards(task: str) -> tuple[str, ...]:
+    """The guards a learned model of ``task`` gets unless its card turns them off."""
+    return tuple(name for name, for_task in GUARDS.items() if for_task == task)
+
+
+def active_guards(task: str, settings: Mapping[str, bool], learned: bool) -> tuple[str, ...]:
+    """Guards that run: a learned model's defaults unless set false, plus any set true."""
+    names = set(default_guards(task)) if learned else set()
+    names |= {name for name, on in settings.items() if on}
+    names -= {name for name, on in settings.items() if not on}
+    return tuple(sorted(names))
+
+
+def setting_problems(task: str, settings: Mapping[str, Any]) -> list[str]:
+    """Problems with a card's ``[guards]`` table, each with its key path."""
+    problems = []
+    for name, on in settings.items():
+        if name not in GUARDS:
+            problems.append(f"guards.{name}: unknown guard; known: {', '.join(GUARDS)}")
+        elif GUARDS[name] != task and on:
+            problems.append(f"guards.{name}: applies to {GUARDS[name]} models, this card's task "
+                            f"is {task}")
+    return problems
+
+
+def requirement_problems(active: tuple[str, ...], degradation: Mapping[str, Any]) -> list[str]:
+    """What the active guards need from the card: the consistency guard, a degradation name."""
+    name = degradation.get("name")
+    if "consistency" in active and name not in SR_DEGRADATIONS:
+        return [
+            f"degradation.name: the consistency guard needs one of {', '.join(SR_DEGRADATIONS)} "
+            f"(the degradation the model was trained to undo), got {name!r}; or set [guards] "
+            "consistency = false"
+        ]
+    return []
+
+
+def apply_guards(names: tuple[str, ...], output: np.ndarray, source: np.ndarray, scale: int,
+                 degradation: str | None = None) -> np.ndarray:
+    """``output`` (N, H*scale, W*scale) after every guard in ``names``; ``source`` is (N, H, W)."""
+    result = np.asarray(output, dtype=np.float64)
+    if "consistency" in names:
+        if degradation == "kspace":
+            result = kspace_consistency(result, source, scale)
+        elif degradation == "block_mean":
+            result = block_mean_consistency(result, source, scale)
+        else:
+            raise ValueError(f"consistency guard: unknown degradation {degradation!r}")
+    if "intensity" in names:
+        result = preserve_intensity(result, source)
+    return result
+
+
+def _check_sizes(output: np.ndarray, source: np.ndarray, factor: int) -> None:
+    expected = (*source.shape[:-2], source.shape[-2] * factor, source.shape[-1] * factor)
+    if output.shape != expected:
+        raise ValueError(f"output has shape {output.shape}, expected {expected} for a source of "
+                         f"{source.shape} at x{factor}")
+
+
+def block_mean_consistency(output: np.ndarray, source: np.ndarray, factor: int) -> np.ndarray:
+    """``output`` plus the upsampled residual of its block means: block_mean(result) == source."""
+    _check_sizes(output, source, factor)
+    residual = np.asarray(source, dtype=np.float64) - block_mean(output, factor)
+    return output + np.repeat(np.repeat(residual, factor, axis=-2), factor, axis=-1)
+
+
+def kspace_consistency(output: np.ndarray, source: np.ndarray, factor: int) -> np.ndarray:
+    """``output`` with its central k-space replaced by the source's: kspace_truncate(result) is
+    the source (for non-negative sources such as MR magnitude images).
+
+    The result stays real: where the central block is not symmetric about the centre of k-space
+    (even sizes include one Nyquist row/column), the mirrored coefficients outside it are set to
+    the conjugates, so the spectrum stays Hermitian.
+    """
+    _check_sizes(output, source, factor)
+    if factor == 1:
+        return np.asarray(source, dtype=np.float64).copy()
+    flat_out = np.asarray(output, dtype=np.float64).reshape(-1, *output.shape[-2:])
+    flat_src = np.asarray(source, dtype=np.float64).reshape(-1, *source.shape[-2:])
+    slices = [_replace_centre(high, low, factor)
+              for high, low in zip(flat_out, flat_src, strict=True)]
+    return np.stack(slices).reshape(output.shape)
+
+
+def _replace_centre(high: np.ndarray, low: np.ndarray, factor: int) -> np.ndarray:
+    height, width = high.shape
+    rows, cols = _centre(height, low.shape[0]), _centre(width, low.shape[1])
+    spectrum = np.fft.fftshift(np.fft.fft2(high))
+    spectrum[rows, cols] = np.fft.fftshift(np.fft.fft2(low)) * (factor * factor)
+    inside = np.zeros(spectrum.shape, dtype=bool)
+    inside[rows, cols] = True
+    # Frequency k sits at index c + k (c = n // 2); its mirror -k at (2c - index) mod n.
+    mirror_rows = (2 * (height // 2) - np.arange(height)) % height
+    mirror_cols = (2 * (width // 2) - np.arange(width)) % width
+    mirrored = spectrum[np.ix_(mirror_rows, mirror_cols)].conj()
+    mirror_inside = inside[np.ix_(mirror_rows, mirror_cols)]
+    fix = mirror_inside & ~inside
+    spectrum[fix] = mirrored[fix]
+    return np.fft.ifft2(np.fft.ifftshift(spectrum)).real
+
+
+def low_pass(image: np.ndarray, sigma: float = LOW_PASS_SIGMA) -> np.ndarray:
+    """Gaussian low-pass of each slice (last two axes), edges mirrored."""
+    from scipy.ndimage import gaussian_filter
+
+    image = np.asarray(image, dtype=np.float64)
+    sigmas = (0.0,) * (image.ndim - 2) + (sigma, sigma)
+    return gaussian_filter(image, sigma=sigmas, mode="reflect")
+
+
+def preserve_intensity(output: np.ndarray, source: np.ndarray, sigma: float = LOW_PASS_SIGMA,
+                       tolerance: float = INTENSITY_TOLERANCE,
+                       max_steps: int = INTENSITY_MAX_STEPS) -> np.ndarray:
+    """``output`` with its low-pass replaced by the source's: output - G(output) + G(source).
+
+    One replacement leaves the difference's low-pass filtered twice; the step is repeated (at
+    most ``max_steps`` times) until the low-pass is within ``tolerance`` of the source's range.
+    Strong artefacts at a scale of a few sigma converge slowly; if the contract's 0.5 % is still
+    not met, a warning names the deviation (the model should be retrained or the card's guard
+    reviewed; the result is still much closer than the network's output).
+    """
+    source = np.asarray(source, dtype=np.float64)
+    if output.shape != source.shape:
+        raise ValueError(f"output has shape {output.shape}, source {source.shape}: the intensity "
+                         "guard is for denoising (same size)")
+    target = low_pass(source, sigma)
+    value_range = max(float(np.ptp(source)), np.finfo(np.float64).tiny)
+    limit = tolerance * value_range
+    result = np.asarray(output, dtype=np.float64).copy()
+    for step in range(max_steps + 1):
+        difference = target - low_pass(result, sigma)
+        deviation = float(np.abs(difference).max())
+        if (step > 0 and deviation <= limit) or step == max_steps:
+            break
+        result += difference
+    if deviation > INTENSITY_CONTRACT * value_range:
+        event(log, "intensity_guard_residual", logging.WARNING, steps=max_steps,
+              low_pass_deviation=f"{deviation:.4g}",
+              contract=f"{INTENSITY_CONTRACT * value_range:.4g}")
+    return result

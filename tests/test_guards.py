@@ -1,0 +1,172 @@
+"""Safety guards: degrade(output) == input for super-resolution, kept low-pass for denoising."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dicomnode.degradations import block_mean, kspace_truncate
+from dicomnode.enhance import derivation_for
+from dicomnode.errors import ModelError
+from dicomnode.guards import (
+    active_guards,
+    apply_guards,
+    block_mean_consistency,
+    kspace_consistency,
+    low_pass,
+    preserve_intensity,
+    requirement_problems,
+    setting_problems,
+)
+from dicomnode.zoo import load_card, load_model, verify_weights
+from tests.model_factory import TINY_DNCNN, TINY_RLFN, write_model
+
+RNG = np.random.default_rng(11)
+
+
+def _phantom(count: int, height: int, width: int, floor: float = 0.0) -> np.ndarray:
+    """Smooth anatomy-like slices (ellipse with structure) on a background at ``floor``."""
+    yy, xx = np.mgrid[:height, :width] / np.array([height, width])[:, None, None]
+    inside = ((yy - 0.5) / 0.4) ** 2 + ((xx - 0.5) / 0.35) ** 2 < 1
+    slices = []
+    for k in range(count):
+        tissue = 600 + 300 * np.sin(6 * xx + k) * np.cos(4 * yy) + 200 * (xx > 0.6)
+        slices.append(np.where(inside, tissue, floor))
+    return np.stack(slices)
+
+
+# --- super-resolution consistency -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("factor", [2, 3, 4, 8])
+@pytest.mark.parametrize("size", [(48, 40), (45, 39)])
+def test_kspace_consistency_reproduces_the_input(factor: int, size: tuple[int, int]) -> None:
+    source = _phantom(2, *size) + RNG.random((2, *size)) * 50
+    output = RNG.random((2, size[0] * factor, size[1] * factor)) * 1000  # a wild network
+    guarded = kspace_consistency(output, source, factor)
+    assert guarded.dtype == np.float64 and guarded.shape == output.shape
+    np.testing.assert_allclose(kspace_truncate(guarded, factor), source, atol=1e-8)
+    # within rounding once stored as integers
+    stored = np.rint(guarded)
+    assert np.abs(kspace_truncate(stored, factor) - source).max() <= 1.0
+
+
+@pytest.mark.parametrize("factor", [2, 3, 4, 8])
+def test_block_mean_consistency_reproduces_the_input(factor: int) -> None:
+    source = _phantom(2, 40, 24) - 1000  # CT-like, negative values too
+    output = RNG.normal(0, 500, (2, 40 * factor, 24 * factor))
+    guarded = block_mean_consistency(output, source, factor)
+    np.testing.assert_allclose(block_mean(guarded, factor), source, atol=1e-9)
+    assert np.abs(block_mean(np.rint(guarded), factor) - source).max() <= 0.5
+
+
+def test_consistency_keeps_detail_the_input_does_not_contradict() -> None:
+    high = _phantom(1, 64, 64)
+    np.testing.assert_allclose(block_mean_consistency(high, block_mean(high, 2), 2), high,
+                               atol=1e-9)
+    yy, xx = np.mgrid[:64, :64] * (2 * np.pi / 64)
+    smooth = (500 + 100 * np.sin(3 * xx) * np.cos(5 * yy))[None]  # within the kept k-space
+    np.testing.assert_allclose(kspace_consistency(smooth, kspace_truncate(smooth, 2), 2), smooth,
+                               atol=1e-6)
+
+
+def test_consistency_refuses_sizes_that_do_not_match_the_scale() -> None:
+    with pytest.raises(ValueError, match="expected"):
+        block_mean_consistency(np.zeros((1, 10, 10)), np.zeros((1, 4, 4)), 2)
+
+
+# --- denoising intensity preservation -------------------------------------------------------
+
+
+def test_intensity_guard_keeps_the_low_pass_within_half_a_percent() -> None:
+    yy, xx = np.mgrid[:96, :80] / 96.0
+    inside = ((yy - 0.5) / 0.4) ** 2 + ((xx - 0.42) / 0.35) ** 2 < 1
+    clean = np.stack([np.where(inside, 600 + 200 * np.sin(4 * xx + k) * np.cos(3 * yy), 40.0)
+                      for k in range(4)])  # MR-like, with a non-zero background floor
+    noisy = clean + RNG.normal(0, 30, clean.shape)
+    series_range = float(np.ptp(noisy))
+    # A denoiser that removes the noise but also changes gain, shifts levels and zeroes the
+    # background floor: everything the guard must undo.
+    bad = np.where(inside, 1.04 * clean + 0.03 * series_range, 0.0)
+    assert np.abs(low_pass(bad) - low_pass(noisy)).max() > 0.03 * series_range
+    guarded = preserve_intensity(bad, noisy)
+    assert np.abs(low_pass(guarded) - low_pass(noisy)).max() <= 0.005 * series_range
+    background = ~inside
+    assert abs(guarded[:, background].mean() - 40.0) < 0.005 * series_range
+    # noise-scale detail is still the denoiser's: far less noise than the input inside
+    interior = np.zeros(inside.shape, dtype=bool)
+    interior[30:66, 20:50] = True
+    assert np.std((guarded - clean)[:, interior]) < 0.5 * np.std((noisy - clean)[:, interior])
+
+
+def test_intensity_guard_leaves_a_level_preserving_output_alone() -> None:
+    source = _phantom(1, 64, 64)
+    np.testing.assert_allclose(preserve_intensity(source.copy(), source), source, atol=1e-9)
+
+
+# --- which guards run, and the card ---------------------------------------------------------
+
+
+def test_guards_are_on_by_default_for_learned_models_only() -> None:
+    assert active_guards("super-resolution", {}, learned=True) == ("consistency",)
+    assert active_guards("denoise", {}, learned=True) == ("intensity",)
+    assert active_guards("denoise", {"intensity": False}, learned=True) == ()
+    assert active_guards("super-resolution", {}, learned=False) == ()
+    assert active_guards("super-resolution", {"consistency": True}, learned=False) == (
+        "consistency",)
+
+
+def test_guard_problems_name_the_key() -> None:
+    assert setting_problems("denoise", {"consistancy": True}) == [
+        "guards.consistancy: unknown guard; known: consistency, intensity"]
+    assert "applies to denoise models" in setting_problems(
+        "super-resolution", {"intensity": True})[0]
+    assert setting_problems("super-resolution", {"intensity": False}) == []
+    problem = requirement_problems(("consistency",), {"note": "?"})[0]
+    assert problem.startswith("degradation.name: the consistency guard needs one of kspace")
+    assert requirement_problems((), {}) == []
+
+
+def test_apply_guards_dispatches_on_the_card_degradation() -> None:
+    source = _phantom(1, 16, 16) - 500
+    output = RNG.normal(0, 100, (1, 32, 32))
+    np.testing.assert_allclose(block_mean(apply_guards(("consistency",), output, source, 2,
+                                                       "block_mean"), 2), source, atol=1e-9)
+    np.testing.assert_array_equal(apply_guards((), output, source, 2), output)
+    with pytest.raises(ValueError, match="unknown degradation"):
+        apply_guards(("consistency",), output, source, 2, "bicubic")
+
+
+def test_card_without_guards_table_records_the_default_guard(tmp_path: Path) -> None:
+    write_model(tmp_path, "sr", "rlfn", {**TINY_RLFN, "scale": 2})
+    write_model(tmp_path, "dn", "dncnn", TINY_DNCNN, task="denoise", scale=1,
+                guards={"intensity": False})
+    sr, dn = load_card("sr", tmp_path), load_card("dn", tmp_path)
+    assert sr.active_guards == ("consistency",) and dn.active_guards == ()
+    assert "AI-processed; guards: consistency, compare" in derivation_for(sr, "r", "").description
+    assert "guards" not in derivation_for(dn, "r", "").description
+
+
+def test_card_with_consistency_but_no_degradation_is_refused(tmp_path: Path) -> None:
+    write_model(tmp_path, "sr", "rlfn", {**TINY_RLFN, "scale": 2},
+                degradation={"note": "unknown"})
+    assert load_card("sr", tmp_path).active_guards == ("consistency",)  # listed, not runnable
+    with pytest.raises(ModelError, match=r"cannot run model 'sr': degradation.name: the "
+                                         "consistency guard needs"):
+        load_model("sr", tmp_path, device="cpu")
+    with pytest.raises(ModelError, match="consistency guard needs"):
+        verify_weights(load_card("sr", tmp_path))  # what check-config calls
+
+
+def test_a_classical_card_can_turn_a_guard_on(tmp_path: Path) -> None:
+    folder = tmp_path / "bicubic-bp"
+    folder.mkdir()
+    (folder / "model.toml").write_text(
+        'name = "bicubic-bp"\nversion = "1"\ntask = "super-resolution"\nscale = 2\n'
+        'modalities = ["CT"]\n[architecture]\nname = "bicubic"\n[degradation]\n'
+        'name = "block_mean"\n[guards]\nconsistency = true\n', encoding="utf-8")
+    enhancer = load_model("bicubic-bp", tmp_path)
+    stack = _phantom(1, 20, 16) - 1000
+    np.testing.assert_allclose(block_mean(enhancer(stack), 2), stack, atol=1e-3)
