@@ -106,11 +106,11 @@ def _load(args: argparse.Namespace) -> Config:
 
 def _serve(args: argparse.Namespace) -> int:
     from dicomnode.node import Node
-    from dicomnode.zoo import load_model
+    from dicomnode.worker import load_worker_model
 
     config = _load(args)
     for rule in config.rules:  # refuse to start with a model that cannot load
-        load_model(rule.model, device=config.worker.device)
+        load_worker_model(rule.model, config.worker)
     Node(config).run()
     return EXIT_OK
 
@@ -241,7 +241,7 @@ def _enhance(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ConfigError(["--batch-size: expected an integer >= 1"], "enhance")
-    enhancer = load_model(args.model, device=args.device)
+    enhancer = load_model(args.model, device=args.device, batch_size=args.batch_size)
     if not args.in_dir.exists():
         raise DicomNodeError(f"input folder {args.in_dir} does not exist")
     started = time.perf_counter()
@@ -296,7 +296,8 @@ def _models(args: argparse.Namespace) -> int:
         print(json.dumps([
             {"name": c.name, "version": c.version, "task": c.task, "scale": c.scale,
              "modalities": list(c.modalities), "architecture": c.architecture,
-             "learned": c.learned, "metrics": c.metrics, "description": c.description}
+             "learned": c.learned, "guards": list(c.active_guards), "metrics": c.metrics,
+             "description": c.description}
             for c in cards
         ], indent=2, default=str))
     else:

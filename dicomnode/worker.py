@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from dicomnode.config import Config
+from dicomnode.config import Config, WorkerConfig
 from dicomnode.enhance import derivation_for, enhance_series
 from dicomnode.errors import DicomNodeError
 from dicomnode.files import write_dataset
@@ -30,14 +30,20 @@ log = logging.getLogger(__name__)
 class ModelCache:
     """Models are loaded once per worker and kept (weights are read and hashed only once)."""
 
-    def __init__(self, device: str) -> None:
-        self.device = device
+    def __init__(self, worker: WorkerConfig) -> None:
+        self.worker = worker
         self._models: dict[str, Enhancer] = {}
 
     def get(self, name: str) -> Enhancer:
         if name not in self._models:
-            self._models[name] = load_model(name, device=self.device)
+            self._models[name] = load_worker_model(name, self.worker)
         return self._models[name]
+
+
+def load_worker_model(name: str, worker: WorkerConfig) -> Enhancer:
+    """A model with the ``[worker]`` settings: device, precision, tile size and batch."""
+    return load_model(name, device=worker.device, precision=worker.precision,
+                      tile=worker.tile_size, batch_size=worker.batch_size)
 
 
 def process_job(config: Config, spool: Spool, job: Job, models: ModelCache) -> bool:
@@ -97,7 +103,7 @@ class Worker(threading.Thread):
         self.config = config
         self.wake, self.stop, self.poll = wake, stop, poll
         self.on_job = on_job
-        self.models = ModelCache(config.worker.device)
+        self.models = ModelCache(config.worker)
         self.busy = False
 
     def run(self) -> None:
