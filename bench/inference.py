@@ -325,8 +325,20 @@ def write_report(args: argparse.Namespace, rows: list[Row], peaks: dict[tuple[st
         "",
     ])
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text, encoding="utf-8")
+    args.out.write_text(_replace_section(args.out, text), encoding="utf-8")
     print(f"wrote {args.out}")
+
+
+START, END = "<!-- bench/inference.py: start -->", "<!-- bench/inference.py: end -->"
+
+
+def _replace_section(path: Path, text: str) -> str:
+    """This script owns only its marked section; other benchmarks' sections stay."""
+    block = f"{START}\n{text.rstrip()}\n{END}\n"
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    if START in old and END in old:
+        return old[: old.index(START)] + block + old[old.index(END) + len(END) + 1:]
+    return (old.rstrip() + "\n\n" + block) if old.strip() else block
 
 
 if __name__ == "__main__":
