@@ -65,7 +65,7 @@ def _handler(state: FakeNbia) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(body)
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        def do_GET(self) -> None:
             url = urlparse(self.path)
             query = parse_qs(url.query)
             endpoint = url.path.rsplit("/", 1)[-1]
