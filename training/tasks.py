@@ -9,6 +9,7 @@ because the card must carry exactly what training did.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -122,6 +123,7 @@ class Task:
     cache_dir: Path | None = None
     _noise_cache: dict[tuple[str, int, float, int], np.ndarray] = field(
         default_factory=dict, repr=False)
+    _sinograms: dict[tuple[bytes, float], np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def task(self) -> str:
@@ -318,6 +320,13 @@ class Task:
         size = max(h, w)
         square = np.full((size, size), -1000.0)
         square[:h, :w] = image
+        if sinogram is None:  # the forward projection is the slow half: once per slice
+            key = (hashlib.sha1(square.tobytes()).digest(), spacing)
+            if key not in self._sinograms:
+                if len(self._sinograms) >= 64:  # ~4 MB each: keep the most recent
+                    self._sinograms.pop(next(iter(self._sinograms)))
+                self._sinograms[key] = deg.ct_sinogram(square, spacing, self.views)
+            sinogram = self._sinograms[key]
         noisy = deg.rand_ct_low_dose(square, spacing, dose, rng, i0=self.i0, views=self.views,
                                      sinogram=sinogram)
         return noisy[:h, :w]
