@@ -186,3 +186,19 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         lines.append("    beats: " + ", ".join(f"{k}={'yes' if v else 'NO'}"
                                                for k, v in block["beats"].items()))
     return lines
+
+
+def markdown_rows(result: dict[str, Any]) -> list[str]:
+    """One Markdown table row per level: model and baselines, mean PSNR / SSIM, gains."""
+    rows = []
+    level_name = result["degradation"]["level"]
+    for level, block in result["levels"].items():
+        mean = block["mean"]
+        cells = " | ".join(f"{name} {m['psnr']:.2f} / {m['ssim']:.4f}"
+                           for name, m in mean.items() if name != "model")
+        gains = ", ".join(f"{g['psnr_db']:+.2f} dB vs {name}"
+                          for name, g in block["gain"].items())
+        verdict = "yes" if all(block["beats"].values()) else "no"
+        rows.append(f"| {result['model']} | {level_name} {level} | {mean['model']['psnr']:.2f} / "
+                    f"{mean['model']['ssim']:.4f} | {cells} | {gains} | {verdict} |")
+    return rows

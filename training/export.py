@@ -53,7 +53,7 @@ def export(
     weights_path = folder / WEIGHTS_FILE
     tmp = weights_path.with_name(WEIGHTS_FILE + ".tmp")
     save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp),
-              {"format": "pt", "model": name})
+              {"format": "pt"})  # one key: safetensors orders metadata at random
     os.replace(tmp, weights_path)
     sha = hashlib.sha256(weights_path.read_bytes()).hexdigest()
 
@@ -110,8 +110,8 @@ def _training_table(config: Any, meta: Mapping[str, str], history: Mapping[str, 
         "seed": config.seed,
         "patch_size": data["patch_size"],
         "batch_size": data["batch_size"],
-        "losses": {k: v for k, v in config.loss.items()
-                   if isinstance(v, int | float) and not isinstance(v, bool) and v},
+        "losses": {k: config.loss[k] for k in ("l1", "mse", "ssim", "adversarial", "perceptual")
+                   if config.loss[k]},
         "optimizer": config.optimizer["name"],
         "learning_rate": config.optimizer["lr"],
         "schedule": config.schedule["name"],
@@ -165,12 +165,23 @@ def _value(value: Any) -> str:
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
 
 
+def _flat(value: Any) -> bool:
+    return isinstance(value, Mapping) and not any(isinstance(v, Mapping) for v in value.values())
+
+
 def dumps_toml(data: Mapping[str, Any], prefix: str = "") -> str:
-    """TOML text for nested mappings: scalars first, then one [table] per mapping."""
-    lines = [f"{_key(k)} = {_value(v)}" for k, v in data.items() if not isinstance(v, Mapping)]
+    """TOML text for nested mappings: scalars first, then one [table] per mapping.
+
+    Inside a table, a small mapping of scalars is written inline (``model = { psnr = ... }``).
+    """
+    def inline(v: Any) -> bool:
+        return bool(prefix) and _flat(v) and len(v) <= 4
+
+    lines = [f"{_key(k)} = {_value(v)}" for k, v in data.items()
+             if not isinstance(v, Mapping) or inline(v)]
     text = "\n".join(lines) + ("\n" if lines else "")
     for k, v in data.items():
-        if isinstance(v, Mapping):
+        if isinstance(v, Mapping) and not inline(v):
             name = f"{prefix}.{_key(k)}" if prefix else _key(k)
             scalars = {a: b for a, b in v.items() if not isinstance(b, Mapping)}
             nested = {a: b for a, b in v.items() if isinstance(b, Mapping)}

@@ -173,10 +173,12 @@ class Task:
         out: dict[str, Any] = {"kind": self.kind, "evaluated_at": list(self.eval_levels),
                                "level": self.level_name}
         if self.kind == "rician":
-            out.update(fraction=list(self.train_range), floor=list(self.floor), note=(
-                "Rician noise, sigma = fraction x the series' 99th percentile, added on top of "
-                "the images' own noise; in training the reference first gets its own Rician "
-                "floor (sigma = floor x P99), kept by the model"))
+            note = ("Rician noise, sigma = fraction x the series' 99th percentile, added on top "
+                    "of the images' own noise")
+            if self.floor[1] > 0:
+                note += ("; in training the reference first gets its own Rician floor "
+                         "(sigma = floor x P99), which the model keeps")
+            out.update(fraction=list(self.train_range), floor=list(self.floor), note=note)
         elif self.kind == "ct_low_dose":
             out.update(train_doses=list(self.train_levels), i0=self.i0, views=self.views,
                        mu_water_per_mm=deg.MU_WATER_PER_MM, note=(
