@@ -27,7 +27,8 @@ _LOSS = {"l1", "mse", "ssim", "adversarial", "adversarial_type", "perceptual",
 _OPT = {"name", "lr", "weight_decay", "betas", "d_lr"}
 _SCHED = {"name", "warmup", "step_size", "gamma", "min_lr_ratio"}
 _TRAIN = {"iterations", "time_limit_minutes", "amp", "channels_last", "threads", "val_every",
-          "checkpoint_every", "log_every", "out_dir", "device", "grad_clip", "d_start"}
+          "checkpoint_every", "log_every", "out_dir", "device", "grad_clip", "d_start",
+          "init_from"}
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "config") -> TrainConfig:
     train = {"iterations": 1000, "time_limit_minutes": 0.0, "amp": "none",
              "channels_last": True, "threads": 1, "val_every": 200, "checkpoint_every": 200,
              "log_every": 20, "out_dir": f"runs/{name}", "device": "auto", "grad_clip": 0.0,
-             "d_start": 0, **table("train", _TRAIN)}
+             "d_start": 0, "init_from": "", **table("train", _TRAIN)}
     if train["amp"] not in ("none", "bf16", "fp16"):
         problems.append(f"train.amp = {train['amp']!r}: expected none, bf16 or fp16")
     if not isinstance(train["iterations"], int) or train["iterations"] < 1:

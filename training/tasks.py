@@ -352,7 +352,9 @@ class Task:
         noise = (noisy - image).astype(np.float32)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            np.save(path, noise, allow_pickle=False)
+            tmp = path.with_name(path.name + ".tmp.npy")
+            np.save(tmp, noise, allow_pickle=False)
+            tmp.replace(path)  # atomic: an interrupted run leaves no half-written cache
         self._noise_cache[key] = noise
         return noise
 

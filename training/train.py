@@ -332,6 +332,11 @@ def _train(config: TrainConfig, resume: bool, progress: bool, stop_after: int | 
     start = 0
     history: dict[str, Any] = {"iteration": [], "loss": [], "lr": [], "val": [],
                                "seconds": 0.0}
+    if tc["init_from"] and not resume:  # fine-tuning: weights only, a fresh optimiser
+        weights, _meta = read_checkpoint(resolve(tc["init_from"]))
+        generator.load_state_dict(weights)
+        if rank == 0:
+            log.info("generator initialised from %s", tc["init_from"])
     if resume:
         weights, meta = read_checkpoint(out)
         generator.load_state_dict(weights)

@@ -197,3 +197,15 @@ def test_ddp_two_processes_on_cpu_with_gloo(mr_patients: Path, tmp_path: Path):
     history = json.loads((tmp_path / "ddp" / HISTORY).read_text())
     assert history["iteration"] == [1, 2]
     assert (tmp_path / "ddp" / CHECKPOINT).is_file()
+
+
+def test_init_from_starts_from_another_runs_weights(mr_patients: Path, tmp_path: Path):
+    raw = _config(mr_patients, tmp_path / "src")
+    raw["train"]["iterations"] = 1
+    raw["data"]["val_patients"], raw["data"]["val_fraction"] = [], 0.0
+    source = train(parse_config(raw), progress=False)
+    raw["train"].update(out_dir=str(tmp_path / "tuned"), init_from=str(source))
+    raw["optimizer"]["lr"] = 0.0  # no step: the weights must be the source's
+    tuned = train(parse_config(raw), progress=False)
+    a, b = load_file(str(source / CHECKPOINT)), load_file(str(tuned / CHECKPOINT))
+    assert all(torch.equal(a[k], b[k]) for k in a if k.endswith("weight"))
