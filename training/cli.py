@@ -1,32 +1,128 @@
 """The ``dicomnode-train`` command line (SPEC section 7).
 
-The commands are declared here so that their names and help are stable; each one reports
-plainly that it is not part of this version yet instead of pretending to work.
+Exit codes as for ``dicomnode``: 0 success, 1 a user, config or data error with a one-line
+message naming what to fix, 2 usage error. Expected errors never print a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-COMMANDS = {
-    "tcia": "query and download series from The Cancer Imaging Archive",
-    "train": "train a network from a TOML config",
-    "evaluate": "metrics of a model against the classical baselines",
-    "export": "write models/NAME/ (card + safetensors) from a checkpoint",
-}
+from dicomnode.errors import DicomNodeError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dicomnode-train",
+                                     description="Train, evaluate and export dicomnode models.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    tcia = sub.add_parser("tcia", help="query and download series from The Cancer Imaging "
+                                       "Archive (public NBIA REST API)")
+    tcia.add_argument("--base-url", default=None,
+                      help="API root (default: TCIA's public NBIA v1 services)")
+    tsub = tcia.add_subparsers(dest="tcia_command", required=True, metavar="ACTION")
+    tsub.add_parser("collections", help="list the public collections")
+    series = tsub.add_parser("series", help="list the series of a collection")
+    series.add_argument("--collection", required=True)
+    series.add_argument("--modality")
+    series.add_argument("--json", action="store_true", help="print the API's JSON")
+    download = tsub.add_parser("download", help="download series as DICOM (resumable)")
+    download.add_argument("--collection", required=True)
+    download.add_argument("--modality")
+    download.add_argument("--max-series", type=int, default=None)
+    download.add_argument("--out", required=True, type=Path)
+
+    train = sub.add_parser("train", help="train a network from a TOML config")
+    train.add_argument("config", type=Path)
+    train.add_argument("--resume", action="store_true",
+                       help="continue from the run folder's checkpoint")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    evaluate = sub.add_parser("evaluate", help="metrics of a model against the baselines")
+    evaluate.add_argument("--model", required=True, help="model name in the zoo, or a "
+                                                          "checkpoint file / run folder")
+    evaluate.add_argument("--data", required=True, type=Path, action="append",
+                          help="DICOM folder (any layout); repeat for several")
+    evaluate.add_argument("--json", type=Path, help="write the full results here")
+    evaluate.add_argument("--panels", type=Path,
+                          help="folder for the PNG panels (default: beside --json, or "
+                               "./eval_panels)")
+    evaluate.add_argument("--models-dir", type=Path)
+    evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument("--threads", type=int, default=1)
+
+    export = sub.add_parser("export", help="write models/NAME/ (card + safetensors) from a "
+                                           "checkpoint")
+    export.add_argument("checkpoint", type=Path, help="checkpoint file or run folder")
+    export.add_argument("--name", required=True)
+    export.add_argument("--models-dir", type=Path)
+    export.add_argument("--metrics", type=Path,
+                        help="an evaluate --json file (default: the run's eval.json)")
+    export.add_argument("--version")
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dicomnode-train", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, text in COMMANDS.items():
-        sub.add_parser(name, help=text).add_argument("rest", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
-    print(f"dicomnode-train {args.command}: not part of this version yet "
-          "(the training module is being built)", file=sys.stderr)
-    return 1
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return _run(args)
+    except (DicomNodeError, ValueError, FileNotFoundError, OSError) as exc:
+        print(f"dicomnode-train {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"dicomnode-train {args.command}: interrupted", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "tcia":
+        from training import tcia
+
+        return tcia.run_cli(args)
+    if args.command == "train":
+        from training.config import load_config
+        from training.train import train
+
+        run = train(load_config(args.config), resume=args.resume,
+                    progress=not args.no_progress)
+        print(f"run folder: {run}")
+        return 0
+    if args.command == "evaluate":
+        import torch
+
+        from training.data import load_series
+        from training.evaluate import evaluate, load_model, summary_lines
+
+        torch.set_num_threads(max(1, args.threads))
+        model = load_model(args.model, args.models_dir)
+        series = load_series(args.data)
+        if not series:
+            raise ValueError(f"no DICOM image series under {', '.join(map(str, args.data))}")
+        panels = args.panels or (args.json.parent / (args.json.stem + "_panels") if args.json
+                                 else Path("eval_panels"))
+        result = evaluate(model, series, panels, device=args.device, progress=True)
+        if not result["series"]:
+            raise ValueError(f"no series of the model's modalities ({', '.join(model.modalities)})"
+                             " in the data")
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(result, indent=1))
+        print("\n".join(summary_lines(result)))
+        print(f"panels: {panels}")
+        return 0
+    from training.export import export
+
+    folder = export(args.checkpoint, args.name, args.models_dir, args.metrics, args.version)
+    print(f"wrote {folder}")
+    return 0
 
 
 if __name__ == "__main__":

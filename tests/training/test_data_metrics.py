@@ -1,0 +1,100 @@
+"""Data loading, the patient-wise split, patches, tasks and the SPEC section 8 metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from dicomnode.degradations import kspace_truncate, zero_filled
+from training.data import load_series, random_crop, random_flip_rotate, split_by_patient
+from training.metrics import average, beats, psnr, series_metrics, ssim
+from training.tasks import Normalisation, Task, TaskError
+
+
+def test_series_load_as_modality_values_grouped_by_patient(mr_patients: Path):
+    series = load_series([mr_patients])
+    assert sorted(s.patient_id for s in series) == ["TEST0", "TEST1", "TEST2"]
+    assert all(s.slices.shape == (4, 64, 64) and s.slices.dtype == np.float32 for s in series)
+    assert all(s.modality == "MR" and s.pixel_spacing == pytest.approx(1.015625) for s in series)
+    assert load_series([mr_patients], modalities=["CT"]) == []
+
+
+def test_split_puts_no_patient_on_both_sides(mr_patients: Path):
+    series = load_series([mr_patients])
+    for seed in range(5):
+        train, val = split_by_patient(series, 0.34, seed)
+        assert {s.patient_id for s in train}.isdisjoint({s.patient_id for s in val})
+        assert len(val) == 1 and len(train) == 2
+    # The choice depends on the seed, not on the order the folders were read in.
+    a = split_by_patient(series, 0.34, 1)[1]
+    b = split_by_patient(list(reversed(series)), 0.34, 1)[1]
+    assert [s.patient_id for s in a] == [s.patient_id for s in b]
+    train, val = split_by_patient(series, 0.5, 0, val_patients=["TEST2"])
+    assert [s.patient_id for s in val] == ["TEST2"]
+    with pytest.raises(ValueError, match="not in the data"):
+        split_by_patient(series, 0.5, 0, val_patients=["NOBODY"])
+
+
+def test_crops_and_flips_are_seeded_and_aligned():
+    stack = np.arange(2 * 20 * 30, dtype=float).reshape(2, 20, 30)
+    a, corner = random_crop(stack, 8, np.random.default_rng(0), multiple=4)
+    b, _ = random_crop(stack, 8, np.random.default_rng(0), multiple=4)
+    np.testing.assert_array_equal(a, b)
+    assert corner[0] % 4 == 0 and corner[1] % 4 == 0 and a.shape == (2, 8, 8)
+    small, _ = random_crop(np.ones((1, 5, 5)), 8, np.random.default_rng(0))
+    assert small.shape == (1, 8, 8)
+    x, y = random_flip_rotate([stack, stack * 2], np.random.default_rng(3))
+    np.testing.assert_array_equal(x * 2, y)
+
+
+def test_rician_pairs_and_super_resolution_pairs(mr_patients: Path):
+    series = load_series([mr_patients])[0]
+    task = Task.from_config({"kind": "rician", "fraction": [0.03, 0.03]})
+    x, y = task.train_pair(series, 1, 0.03, np.random.default_rng(0), 32, channels=3)
+    assert x.shape == (3, 32, 32) and y.shape == (1, 32, 32)
+    sr = Task.from_config({"kind": "kspace", "scale": 2})
+    low, high = sr.train_pair(series, 0, 2.0, np.random.default_rng(0), 32)
+    assert low.shape == (1, 16, 16) and high.shape == (1, 32, 32)
+    full = sr.degrade_series(series, 2.0, np.random.default_rng(0))
+    np.testing.assert_allclose(full, kspace_truncate(series.slices.astype(float), 2))
+    assert set(sr.baselines(full)) == {"zero_filled", "bicubic"}
+    np.testing.assert_allclose(sr.baselines(full)["zero_filled"], zero_filled(full, 2))
+    assert set(task.baselines(series.slices[:1])) == {"nl_means"}
+    with pytest.raises(TaskError, match=r"degradation\.kind"):
+        Task.from_config({"kind": "blur"})
+    with pytest.raises(TaskError, match=r"degradation\.scale"):
+        Task.from_config({"kind": "kspace", "scale": 5})
+    back = Task.from_card(task.card())
+    assert back.kind == "rician" and back.eval_levels == (0.03, 0.07)
+
+
+def test_normalisation_uses_the_input_series():
+    series = np.linspace(0, 1000, 4 * 10 * 10).reshape(4, 10, 10)
+    offset, span = Normalisation(low_percentile=0, high_percentile=100).params(series)
+    assert (offset, span) == (0.0, 1000.0)
+    assert Normalisation.from_config({"method": "linear", "scale": 1000}).params(series) == (
+        0.0, 1000.0)
+    with pytest.raises(TaskError, match=r"normalisation\.bogus"):
+        Normalisation.from_config({"bogus": 1})
+
+
+def test_metrics_match_scikit_image(mr_patients: Path):
+    ref = load_series([mr_patients])[0].slices.astype(np.float64)
+    noisy = ref + np.random.default_rng(0).normal(0, 20, ref.shape)
+    span = ref.max() - ref.min()
+    assert psnr(ref, noisy) == pytest.approx(peak_signal_noise_ratio(ref, noisy, data_range=span))
+    expected = np.mean([structural_similarity(r, n, data_range=span, gaussian_weights=True,
+                                              sigma=1.5, use_sample_covariance=False)
+                        for r, n in zip(ref, noisy, strict=True)])
+    assert ssim(ref, noisy) == pytest.approx(expected)
+    assert psnr(ref, ref) == float("inf")
+    scores = series_metrics(ref, {"a": noisy, "b": ref + 1})
+    mean = average([scores, scores])
+    assert mean["a"]["psnr"] == pytest.approx(scores["a"]["psnr"])
+    assert beats(mean["b"], mean["a"]) and not beats(mean["a"], mean["b"])
+    assert not beats({"psnr": 40, "ssim": 0.5}, {"psnr": 30, "ssim": 0.6})  # both must be higher
+    with pytest.raises(ValueError, match="shapes differ"):
+        psnr(ref, ref[:1])

@@ -1,0 +1,211 @@
+"""Training (resume, GAN losses, DDP), evaluation and export, on a few real slices."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from dicomnode.errors import ConfigError
+from dicomnode.zoo import load_card, verify_weights
+from training import cli
+from training.config import parse_config
+from training.export import dumps_toml
+from training.train import CHECKPOINT, EVAL, HISTORY, lr_factor, train
+
+
+def _config(data: Path, out: Path, **overrides: Any) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "name": "tiny-denoise", "modalities": ["MR"], "seed": 5,
+        "description": "test model",
+        "data": {"train": [str(data)], "val_patients": ["TEST2"], "patch_size": 32,
+                 "batch_size": 2, "val_max_slices": 2, "licences": ["BSD-2-Clause (test)"]},
+        "degradation": {"kind": "rician", "fraction": [0.02, 0.08], "eval": [0.05]},
+        "normalisation": {"method": "percentile"},
+        "architecture": {"name": "dncnn", "depth": 3, "num_features": 8},
+        "loss": {"l1": 1.0, "ssim": 0.1},
+        "optimizer": {"name": "adamw", "lr": 1e-3},
+        "schedule": {"name": "cosine", "warmup": 1},
+        "train": {"iterations": 4, "val_every": 2, "checkpoint_every": 2, "log_every": 1,
+                  "out_dir": str(out)},
+    }
+    for key, value in overrides.items():
+        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
+    return raw
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly_like_an_uninterrupted_run(mr_patients: Path, tmp_path: Path):
+    whole = train(parse_config(_config(mr_patients, tmp_path / "a")), progress=False)
+    part = train(parse_config(_config(mr_patients, tmp_path / "b")), progress=False,
+                 stop_after=2)
+    assert json.loads((part / HISTORY).read_text())["iteration"] == [1, 2]
+    train(parse_config(_config(mr_patients, tmp_path / "b")), resume=True, progress=False)
+    a = json.loads((whole / HISTORY).read_text())
+    b = json.loads((part / HISTORY).read_text())
+    assert b["iteration"] == [1, 2, 3, 4]
+    assert b["loss"] == pytest.approx(a["loss"], rel=1e-6)  # same next-step losses
+    wa, wb = load_file(str(whole / CHECKPOINT)), load_file(str(part / CHECKPOINT))
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+    assert (whole / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    result = json.loads((whole / EVAL).read_text())
+    assert set(result["levels"]["0.05"]["mean"]) == {"model", "nl_means", "input"}
+    assert result["series"] == 1  # only TEST2, the validation patient
+    assert list((whole / "panels").glob("*.png"))
+
+
+def test_export_round_trip_and_evaluate_reproduces_the_card(mr_patients: Path, tmp_path: Path,
+                                                            capsys):
+    run = train(parse_config(_config(mr_patients, tmp_path / "run")), progress=False)
+    models = tmp_path / "models"
+    assert cli.main(["export", str(run), "--name", "tiny-denoise", "--models-dir",
+                     str(models)]) == 0
+    card = load_card("tiny-denoise", models)
+    assert card.learned and card.task == "denoise" and card.scale == 1
+    assert card.modalities == ("MR",) and card.architecture == "dncnn"
+    assert card.parameters == {"depth": 3, "num_features": 8}
+    assert verify_weights(card).name == "weights.safetensors"
+    assert card.guards == {"intensity": True}
+    assert card.normalisation["method"] == "percentile"
+    assert card.degradation["kind"] == "rician"
+    assert card.training["licences"] == ["BSD-2-Clause (test)"]
+    level = card.metrics["sigma_fraction_0.05"]
+    assert set(level) >= {"model", "nl_means", "beats", "gain_psnr_db"}
+
+    out = tmp_path / "eval.json"
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--model", "tiny-denoise", "--models-dir", str(models),
+                     "--data", str(mr_patients / "patient2"), "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    mean = result["levels"]["0.05"]["mean"]
+    assert set(mean) == {"model", "nl_means", "input"}
+    assert mean["model"]["psnr"] == pytest.approx(level["model"]["psnr"], abs=1e-3)
+    assert mean["nl_means"]["ssim"] == pytest.approx(level["nl_means"]["ssim"], abs=1e-4)
+    assert list((tmp_path / "eval_panels").glob("*.png"))
+    assert "nl_means" in capsys.readouterr().out
+    # A checkpoint evaluates the same way, without a card.
+    assert cli.main(["evaluate", "--model", str(run), "--data", str(mr_patients / "patient2"),
+                     "--panels", str(tmp_path / "p2")]) == 0
+    # A changed weights file is refused.
+    weights = models / "tiny-denoise" / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes() + b" ")
+    assert cli.main(["evaluate", "--model", "tiny-denoise", "--models-dir", str(models),
+                     "--data", str(mr_patients)]) == 1
+
+
+@pytest.mark.parametrize("family", ["srgan", "pix2pix"])
+def test_gan_families_take_a_step(mr_patients: Path, tmp_path: Path, family: str):
+    if family == "srgan":
+        extra = {"architecture": {"name": "srresnet", "num_blocks": 1, "num_features": 8},
+                 "discriminator": {"name": "srgan_discriminator", "base_channels": 4,
+                                   "hidden": 16},
+                 "loss": {"adversarial": 0.01, "adversarial_type": "relativistic"}}
+    else:
+        extra = {"architecture": {"name": "unet_pix2pix", "num_downs": 3, "base_channels": 4,
+                                  "final_activation": "none"},
+                 "discriminator": {"name": "patchgan", "base_channels": 4, "n_layers": 1},
+                 "loss": {"adversarial": 0.01, "adversarial_type": "bce"}}
+    raw = _config(mr_patients, tmp_path / family, **extra)
+    raw["architecture"] = extra["architecture"]
+    raw["degradation"] = {"kind": "block_mean" if family == "pix2pix" else "kspace", "scale": 2}
+    raw["train"]["iterations"] = 2
+    raw["data"]["val_max_slices"] = 1
+    run = train(parse_config(raw), progress=False)
+    assert (run / "discriminator.safetensors").is_file()
+    history = json.loads((run / HISTORY).read_text())
+    assert len(history["loss"]) == 2 and all(np.isfinite(history["loss"]))
+    result = json.loads((run / EVAL).read_text())
+    level = next(iter(result["levels"].values()))
+    expected = {"model", "bicubic"} | ({"zero_filled"} if family == "srgan" else set())
+    assert set(level["mean"]) == expected
+
+
+def test_perceptual_loss_only_from_a_local_file(mr_patients: Path, tmp_path: Path):
+    weights = tmp_path / "vgg.safetensors"
+    gen = torch.Generator().manual_seed(0)
+    save_file({"features.0.weight": torch.randn(64, 3, 3, 3, generator=gen) * 0.1,
+               "features.0.bias": torch.zeros(64),
+               "features.2.weight": torch.randn(64, 64, 3, 3, generator=gen) * 0.01,
+               "features.2.bias": torch.zeros(64)}, str(weights))
+    raw = _config(mr_patients, tmp_path / "p", loss={"perceptual": 0.1,
+                                                      "perceptual_weights": str(weights),
+                                                      "perceptual_layer": 2})
+    raw["train"]["iterations"] = 1
+    raw["data"]["val_patients"] = []
+    raw["data"]["val_fraction"] = 0.0
+    run = train(parse_config(raw), progress=False)
+    assert json.loads((run / HISTORY).read_text())["iteration"] == [1]
+    raw["loss"]["perceptual_weights"] = str(tmp_path / "missing.safetensors")
+    with pytest.raises(FileNotFoundError, match="local safetensors"):
+        train(parse_config(raw), progress=False)
+
+
+def test_config_errors_name_their_keys(tmp_path: Path):
+    raw = _config(tmp_path, tmp_path / "x")
+    raw["optimizer"]["name"] = "sgd"
+    raw["data"]["slices"] = 2
+    raw["loss"]["adversarial"] = 1.0
+    raw["bogus"] = 1
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    text = str(info.value)
+    for fragment in ("optimizer.name", "data.slices", "[discriminator]", "bogus: unknown key"):
+        assert fragment in text
+    path = tmp_path / "bad.toml"
+    path.write_text("name = 'x'\n[train]\nspeed = 3\n")
+    assert cli.main(["train", str(path)]) == 1
+
+
+def test_schedules():
+    cosine = {"name": "cosine", "warmup": 10, "min_lr_ratio": 0.0, "step_size": 1, "gamma": 1}
+    assert lr_factor(cosine, 0, 100) == pytest.approx(0.1)
+    assert lr_factor(cosine, 10, 100) == pytest.approx(1.0)
+    assert lr_factor(cosine, 100, 100) == pytest.approx(0.0)
+    step = {"name": "step", "warmup": 0, "step_size": 10, "gamma": 0.5, "min_lr_ratio": 0}
+    assert lr_factor(step, 25, 100) == pytest.approx(0.25)
+
+
+def test_toml_writer_round_trips():
+    import tomllib
+
+    data = {"a": 1, "b": "x\"y", "c": [1.5, 2], "t": {"k": True, "n": {"0.5": {"p": 1.0}}}}
+    assert tomllib.loads(dumps_toml(data)) == data
+
+
+def _ddp_worker(rank: int, world: int, raw: dict[str, Any], store: str) -> None:
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
+                       "DICOMNODE_DIST_INIT": f"file://{store}"})
+    torch.set_num_threads(1)
+    train(parse_config(raw), progress=False)
+    import torch.distributed as dist
+
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_cpu_with_gloo(mr_patients: Path, tmp_path: Path):
+    raw = _config(mr_patients, tmp_path / "ddp")
+    raw["train"]["iterations"] = 2
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, raw, str(tmp_path / "store")), nprocs=2,
+                                join=True)
+    history = json.loads((tmp_path / "ddp" / HISTORY).read_text())
+    assert history["iteration"] == [1, 2]
+    assert (tmp_path / "ddp" / CHECKPOINT).is_file()
+
+
+def test_init_from_starts_from_another_runs_weights(mr_patients: Path, tmp_path: Path):
+    raw = _config(mr_patients, tmp_path / "src")
+    raw["train"]["iterations"] = 1
+    raw["data"]["val_patients"], raw["data"]["val_fraction"] = [], 0.0
+    source = train(parse_config(raw), progress=False)
+    raw["train"].update(out_dir=str(tmp_path / "tuned"), init_from=str(source))
+    raw["optimizer"]["lr"] = 0.0  # no step: the weights must be the source's
+    tuned = train(parse_config(raw), progress=False)
+    a, b = load_file(str(source / CHECKPOINT)), load_file(str(tuned / CHECKPOINT))
+    assert all(torch.equal(a[k], b[k]) for k in a if k.endswith("weight"))

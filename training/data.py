@@ -1,0 +1,189 @@
+"""Training data from DICOM folders: series of slices in modality values, split by patient.
+
+Any folder layout works (``dicomnode.series.scan``). Slices are modality values (HU for CT,
+stored values after rescale otherwise), so training, evaluation and the node see the same
+numbers. The split is by patient first, then series, because slices of one patient on both
+sides of a split make validation numbers meaningless.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+
+from dicomnode.errors import InputRejected
+from dicomnode.pixels import modality_values, pixel_format
+from dicomnode.series import scan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SeriesData:
+    """One series of one patient, decoded: ``slices`` is (N, H, W) float32 modality values."""
+
+    patient_id: str
+    series_uid: str
+    modality: str
+    folder: Path
+    slices: np.ndarray
+    pixel_spacing: float | None = None
+    photometric: str = "MONOCHROME2"
+    description: str = ""
+    _percentiles: dict[float, float] = field(default_factory=dict, repr=False)
+
+    @property
+    def key(self) -> str:
+        """Unique and stable: WG04 radiographs share one SeriesInstanceUID across patients."""
+        return f"{self.patient_id}/{self.series_uid}"
+
+    def percentile(self, q: float) -> float:
+        """A percentile of the whole (clean) series, cached."""
+        if q not in self._percentiles:
+            self._percentiles[q] = float(np.percentile(self.slices, q))
+        return self._percentiles[q]
+
+    def neighbours(self, index: int, count: int) -> np.ndarray:
+        """Slices index - count//2 .. index + count//2 (edges repeated): the 2.5D input stack."""
+        n = len(self.slices)
+        picks = [min(max(index + k, 0), n - 1) for k in range(-(count // 2), count // 2 + 1)]
+        return self.slices[picks]
+
+
+def load_series(
+    folders: Iterable[str | Path], modalities: Sequence[str] | None = None, min_size: int = 32
+) -> list[SeriesData]:
+    """Every decodable grayscale series under ``folders``, grouped by (patient, series, size).
+
+    Files that cannot be decoded are skipped with a log line, never silently mixed in.
+    ``modalities`` (e.g. ``["MR"]``) keeps only those; images smaller than ``min_size`` are left
+    out (icons, localiser thumbnails).
+    """
+    wanted = {m.upper() for m in modalities} if modalities else None
+    result: list[SeriesData] = []
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.exists():
+            raise FileNotFoundError(f"data folder {folder} does not exist")
+        for series in scan(folder).series:
+            modality = str(series.header.get("Modality", "") or "").upper()
+            if wanted is not None and modality not in wanted:
+                continue
+            groups: dict[tuple[str, tuple[int, int]], list[np.ndarray]] = {}
+            meta: dict[tuple[str, tuple[int, int]], tuple[float | None, str, str]] = {}
+            for image in series.images:
+                try:
+                    ds = pydicom.dcmread(image.path)
+                    fmt = pixel_format(ds)
+                    values = modality_values(ds, fmt).astype(np.float32)
+                except (InputRejected, OSError, ValueError) as exc:
+                    log.info("skipped file=%s reason=%s", image.path, exc)
+                    continue
+                if min(values.shape) < min_size:
+                    continue
+                patient = str(ds.get("PatientID", "") or "").strip() or series.series_instance_uid
+                key = (patient, values.shape)
+                groups.setdefault(key, []).append(values)
+                meta.setdefault(key, (_spacing(ds), fmt.photometric,
+                                      str(ds.get("SeriesDescription", "") or "")))
+            for (patient, _shape), stack in groups.items():
+                spacing, photometric, description = meta[(patient, _shape)]
+                result.append(SeriesData(
+                    patient_id=patient, series_uid=series.series_instance_uid,
+                    modality=modality, folder=folder, slices=np.stack(stack),
+                    pixel_spacing=spacing, photometric=photometric, description=description,
+                ))
+    return result
+
+
+def _spacing(ds: pydicom.Dataset) -> float | None:
+    """Mean in-plane spacing in mm (PixelSpacing, else ImagerPixelSpacing); None if unusable."""
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = ds.get(keyword)
+        try:
+            numbers = [float(v) for v in value] if value is not None else []
+        except (TypeError, ValueError):
+            continue
+        if len(numbers) == 2 and all(v > 0 for v in numbers):
+            return float(np.mean(numbers))
+    return None
+
+
+def split_by_patient(
+    series: Sequence[SeriesData],
+    val_fraction: float,
+    seed: int,
+    val_patients: Sequence[str] = (),
+) -> tuple[list[SeriesData], list[SeriesData]]:
+    """Train and validation series with no patient on both sides.
+
+    ``val_patients`` names validation patients explicitly; otherwise a seeded shuffle of the
+    patients (sorted first, so the result does not depend on folder order) puts
+    ``val_fraction`` of them, at least one, in validation when there are two or more.
+    """
+    patients = sorted({s.patient_id for s in series})
+    if val_patients:
+        unknown = sorted(set(val_patients) - set(patients))
+        if unknown:
+            raise ValueError(f"validation patients {unknown} are not in the data "
+                             f"(patients found: {patients})")
+        chosen = set(val_patients)
+    elif len(patients) < 2 or val_fraction <= 0:
+        chosen = set()
+    else:
+        order = np.random.default_rng(seed).permutation(len(patients))
+        count = min(len(patients) - 1, max(1, round(val_fraction * len(patients))))
+        chosen = {patients[i] for i in order[:count]}
+    train = [s for s in series if s.patient_id not in chosen]
+    val = [s for s in series if s.patient_id in chosen]
+    check_disjoint(train, val)
+    return train, val
+
+
+def check_disjoint(train: Sequence[SeriesData], val: Sequence[SeriesData]) -> None:
+    """Raise ValueError if a patient is on both sides."""
+    shared = {s.patient_id for s in train} & {s.patient_id for s in val}
+    if shared:
+        raise ValueError(
+            f"patients {sorted(shared)} are in both the training and the validation data: "
+            "validation must be patient-disjoint"
+        )
+
+
+def stable_seed(*parts: object) -> int:
+    """A 32-bit seed from strings and numbers, stable across runs and Python versions."""
+    return zlib.crc32("|".join(map(str, parts)).encode())
+
+
+def random_crop(
+    stack: np.ndarray, size: int, rng: np.random.Generator, multiple: int = 1
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """A ``size`` x ``size`` crop of the last two axes at a random corner (a multiple of
+    ``multiple``, so low-resolution pixel grids stay aligned); pads by reflection if smaller."""
+    h, w = stack.shape[-2:]
+    if h < size or w < size:
+        pad = [(0, 0)] * (stack.ndim - 2) + [(0, max(0, size - h)), (0, max(0, size - w))]
+        stack = np.pad(stack, pad, mode="reflect")
+        h, w = stack.shape[-2:]
+    top = int(rng.integers(0, (h - size) // multiple + 1)) * multiple
+    left = int(rng.integers(0, (w - size) // multiple + 1)) * multiple
+    return stack[..., top : top + size, left : left + size], (top, left)
+
+
+def random_flip_rotate(arrays: Sequence[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+    """The same random flip and quarter-turn applied to every array (last two axes)."""
+    k = int(rng.integers(0, 4))
+    flip = bool(rng.integers(0, 2))
+    out = []
+    for a in arrays:
+        a = np.rot90(a, k, axes=(-2, -1))
+        if flip:
+            a = a[..., ::-1]
+        out.append(np.ascontiguousarray(a))
+    return out

@@ -1,0 +1,204 @@
+"""``dicomnode-train evaluate``: SPEC section 8 metrics of a model and every baseline, one run.
+
+The model and the baselines of SPEC section 7 get the same degraded slices (seeded by series
+and level, so the numbers on a card are reproduced exactly by re-running this), and a PNG panel
+per series and level shows input, best baseline, model, reference and the model's error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from dicomnode.nets import build_network
+from dicomnode.zoo import load_card, verify_weights
+from training.config import parse_config
+from training.data import SeriesData, stable_seed
+from training.metrics import average, beats, series_metrics
+from training.predict import predict_series
+from training.tasks import Normalisation, Task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    """A network with everything needed to run it as training did."""
+
+    name: str
+    network: nn.Module
+    task: Task
+    norm: Normalisation
+    channels: int
+    modalities: tuple[str, ...]
+
+    @property
+    def scale(self) -> int:
+        return self.task.scale
+
+    def accepts(self, modality: str) -> bool:
+        return "*" in self.modalities or modality.upper() in self.modalities
+
+
+def load_model(name_or_checkpoint: str, models_dir: Path | None = None) -> LoadedModel:
+    """A checkpoint (file or run folder) if the path exists, else a model card from the zoo.
+
+    Cards are read with ``dicomnode.zoo`` and their weights checked against the sha256 before
+    loading (safetensors only). Until the node's own learned-model loader lands this builds the
+    network directly from the registry; it is the same registry the node uses.
+    """
+    from training.train import make_setup, read_checkpoint
+
+    path = Path(name_or_checkpoint)
+    if path.exists():
+        weights, meta = read_checkpoint(path)
+        config = parse_config(json.loads(meta["config"]), source=str(path))
+        setup = make_setup(config)
+        network = setup.build_generator()
+        network.load_state_dict(weights)
+        return LoadedModel(config.name, network.eval(), setup.task, setup.norm, setup.channels,
+                           config.modalities)
+    card = load_card(name_or_checkpoint, models_dir)
+    if not card.learned:
+        raise ValueError(f"model {card.name!r} is classical ({card.architecture}): it is a "
+                         "baseline, evaluated alongside every learned model")
+    network = build_network(card.architecture, dict(card.parameters))
+    network.load_state_dict(load_file(str(verify_weights(card))))
+    params = dict(card.parameters)
+    channels = int(params.get("in_channels", 1)) if int(params.get("out_channels", 1)) == 1 else 1
+    return LoadedModel(card.name, network.eval(), Task.from_card(card.degradation),
+                       Normalisation.from_config({k: v for k, v in card.normalisation.items()
+                                                  if k != "note"}),
+                       channels, card.modalities)
+
+
+def evaluate(
+    model: LoadedModel,
+    series: list[SeriesData],
+    panels: Path | None = None,
+    *,
+    device: str = "cpu",
+    amp: str = "none",
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Per-series and mean PSNR/SSIM of the model and the baselines at each evaluation level."""
+    task = model.task
+    chosen = [s for s in series if model.accepts(s.modality)]
+    skipped = [s.key for s in series if not model.accepts(s.modality)]
+    result: dict[str, Any] = {
+        "model": model.name, "task": task.task, "degradation": task.card(),
+        "series": len(chosen), "slices": int(sum(len(s.slices) for s in chosen)),
+        "skipped_series": skipped, "levels": {},
+    }
+    iterator: Any = [(s, lv) for s in chosen for lv in task.eval_levels]
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(iterator, desc="evaluate", unit="series")
+    per_level: dict[str, list[dict[str, Any]]] = {}
+    for s, level in iterator:
+        rng = np.random.default_rng(stable_seed("eval", s.key, level))
+        inputs = task.degrade_series(s, level, rng)
+        reference = task.reference(s)
+        with torch.inference_mode():
+            output = predict_series(model.network, inputs, model.norm, scale=model.scale,
+                                    channels=model.channels, device=device, amp=amp)
+        baselines = task.baselines(inputs)
+        outputs = {"model": output, **baselines}
+        if task.task == "denoise":
+            outputs["input"] = inputs
+        scores = series_metrics(reference, outputs)
+        per_level.setdefault(str(level), []).append({
+            "series": s.series_uid, "patient_index": _patient_index(chosen, s),
+            "modality": s.modality, "slices": len(s.slices), "metrics": scores})
+        if panels is not None:
+            best = max(baselines, key=lambda k: scores[k]["psnr"])
+            write_panel(panels / f"{_safe(s.series_uid)}_{level:g}.png", inputs, baselines[best],
+                        best, output, reference, title=f"{model.name} @ {level:g}")
+    all_beat = True
+    for level, rows in per_level.items():
+        mean = average([r["metrics"] for r in rows])
+        wins = {name: beats(mean["model"], mean[name]) for name in mean
+                if name not in ("model", "input")}
+        gains = {name: {"psnr_db": mean["model"]["psnr"] - mean[name]["psnr"],
+                        "ssim": mean["model"]["ssim"] - mean[name]["ssim"]}
+                 for name in wins}
+        all_beat = all_beat and all(wins.values())
+        result["levels"][level] = {"per_series": rows, "mean": mean, "beats": wins,
+                                   "gain": gains}
+    result["beats_all_baselines"] = bool(per_level) and all_beat
+    return result
+
+
+def _patient_index(series: list[SeriesData], s: SeriesData) -> int:
+    """Patients are numbered, never named: reports stay free of patient identifiers."""
+    return sorted({x.patient_id for x in series}).index(s.patient_id)
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in ".-" else "_" for c in text)[-64:]
+
+
+def write_panel(path: Path, inputs: np.ndarray, baseline: np.ndarray, baseline_name: str,
+                output: np.ndarray, reference: np.ndarray, title: str = "") -> None:
+    """Input, best baseline, model, reference and model - reference, for the middle slice."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    i = len(reference) // 2
+    low, high = np.percentile(reference[i], [1, 99.5])
+    error = output[i] - reference[i]
+    limit = float(np.percentile(np.abs(error), 99.5)) or 1.0
+    images = [(inputs[i], "input"), (baseline[i], f"baseline: {baseline_name}"),
+              (output[i], "model"), (reference[i], "reference")]
+    fig, axes = plt.subplots(1, 5, figsize=(20, 4.4))
+    for ax, (image, label) in zip(axes, images, strict=False):
+        ax.imshow(image, cmap="gray", vmin=low, vmax=high, interpolation="nearest")
+        ax.set_title(label)
+    axes[4].imshow(error, cmap="seismic", vmin=-limit, vmax=limit, interpolation="nearest")
+    axes[4].set_title(f"model - reference (+/-{limit:.3g})")
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=72, format="png")
+    plt.close(fig)
+
+
+def summary_lines(result: dict[str, Any]) -> list[str]:
+    """A readable table: mean PSNR/SSIM per level for the model and every baseline."""
+    lines = [f"{result['model']}: {result['series']} series, {result['slices']} slices"]
+    for level, block in result["levels"].items():
+        lines.append(f"  level {level}:")
+        for name, m in block["mean"].items():
+            lines.append(f"    {name:12s} PSNR {m['psnr']:7.2f} dB  SSIM {m['ssim']:.4f}")
+        lines.append("    beats: " + ", ".join(f"{k}={'yes' if v else 'NO'}"
+                                               for k, v in block["beats"].items()))
+    return lines
+
+
+def markdown_rows(result: dict[str, Any]) -> list[str]:
+    """One Markdown table row per level: model and baselines, mean PSNR / SSIM, gains."""
+    rows = []
+    level_name = result["degradation"]["level"]
+    for level, block in result["levels"].items():
+        mean = block["mean"]
+        cells = " | ".join(f"{name} {m['psnr']:.2f} / {m['ssim']:.4f}"
+                           for name, m in mean.items() if name != "model")
+        gains = ", ".join(f"{g['psnr_db']:+.2f} dB vs {name}"
+                          for name, g in block["gain"].items())
+        verdict = "yes" if all(block["beats"].values()) else "no"
+        rows.append(f"| {result['model']} | {level_name} {level} | {mean['model']['psnr']:.2f} / "
+                    f"{mean['model']['ssim']:.4f} | {cells} | {gains} | {verdict} |")
+    return rows

@@ -1,0 +1,363 @@
+"""What a model is trained to undo: a degradation from SPEC section 7, its baselines and levels.
+
+The degradations themselves live in ``dicomnode.degradations`` (the node's guards use the same
+code); this module reads a config's ``[degradation]`` table and applies them to series for
+evaluation and to random crops for training, and it knows which classical baselines each task
+must beat. Normalisation (how modality values become network inputs) is described here too,
+because the card must carry exactly what training did.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dicomnode import degradations as deg
+from dicomnode.classical import bicubic_upscale, nl_means
+from training.data import SeriesData, random_crop, random_flip_rotate, stable_seed
+
+log = logging.getLogger(__name__)
+
+KINDS = ("rician", "ct_low_dose", "poisson_gaussian", "kspace", "block_mean")
+DEFAULT_CT_SPACING_MM = 0.7
+"""Used when a CT slice has no PixelSpacing (logged): a typical body field of view / 512."""
+
+
+class TaskError(ValueError):
+    """A ``[degradation]`` or ``[normalisation]`` table is invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """How modality values become network inputs; the output is mapped back the same way.
+
+    ``percentile`` (MR, radiographs): x = (v - P_low) / (P_high - P_low), with the percentiles of
+    the *input* series (as the node sees it), so it works for any scanner's scaling.
+    ``linear`` (CT): x = (v - offset) / scale, e.g. HU / 1000, because HU already mean the same
+    everywhere.
+    """
+
+    method: str = "percentile"
+    low_percentile: float = 0.5
+    high_percentile: float = 99.5
+    offset: float = 0.0
+    scale: float = 1000.0
+
+    @classmethod
+    def from_config(cls, table: Mapping[str, Any] | None) -> Normalisation:
+        table = dict(table or {})
+        method = table.pop("method", "percentile")
+        if method not in ("percentile", "linear"):
+            raise TaskError(f"normalisation.method = {method!r}: expected 'percentile' or "
+                            "'linear'")
+        allowed = {"low_percentile", "high_percentile", "offset", "scale"}
+        unknown = sorted(set(table) - allowed)
+        if unknown:
+            raise TaskError(f"normalisation.{unknown[0]}: unknown key (accepted: "
+                            f"method, {', '.join(sorted(allowed))})")
+        norm = cls(method=method, **{k: float(v) for k, v in table.items()})
+        if norm.method == "percentile" and not (
+            0 <= norm.low_percentile < norm.high_percentile <= 100
+        ):
+            raise TaskError("normalisation: expected 0 <= low_percentile < high_percentile <= 100")
+        if norm.method == "linear" and norm.scale <= 0:
+            raise TaskError(f"normalisation.scale = {norm.scale}: expected > 0")
+        return norm
+
+    def params(self, input_series: np.ndarray) -> tuple[float, float]:
+        """(offset, scale) for this input series: x = (v - offset) / scale."""
+        if self.method == "linear":
+            return self.offset, self.scale
+        sample = input_series
+        if sample.ndim == 3 and len(sample) > 16:  # bounded cost on long series
+            sample = sample[np.linspace(0, len(sample) - 1, 16).round().astype(int)]
+        low, high = np.percentile(sample, [self.low_percentile, self.high_percentile])
+        return float(low), float(max(high - low, 1e-6))
+
+    def card(self) -> dict[str, Any]:
+        if self.method == "linear":
+            return {"method": "linear", "offset": self.offset, "scale": self.scale,
+                    "note": "x = (v - offset) / scale on modality values; output mapped back"}
+        return {"method": "percentile", "low_percentile": self.low_percentile,
+                "high_percentile": self.high_percentile,
+                "note": "x = (v - P_low) / (P_high - P_low), percentiles of the input series "
+                        "(up to 16 evenly spaced slices); output mapped back"}
+
+
+def _pair(table: Mapping[str, Any], key: str, default: tuple[float, float]) -> tuple[float, float]:
+    value = table.get(key, list(default))
+    if (not isinstance(value, list | tuple) or len(value) != 2
+            or not all(isinstance(v, int | float) for v in value) or value[0] > value[1]):
+        raise TaskError(f"degradation.{key} = {value!r}: expected [low, high]")
+    return float(value[0]), float(value[1])
+
+
+def _levels(table: Mapping[str, Any], key: str, default: list[float]) -> tuple[float, ...]:
+    value = table.get(key, default)
+    if not isinstance(value, list) or not value or not all(
+        isinstance(v, int | float) and v > 0 for v in value
+    ):
+        raise TaskError(f"degradation.{key} = {value!r}: expected a list of positive numbers")
+    return tuple(float(v) for v in value)
+
+
+@dataclass
+class Task:
+    """A degradation with its parameters, the baselines it must beat and its evaluation levels."""
+
+    kind: str
+    scale: int = 1
+    train_range: tuple[float, float] = (0.0, 0.0)
+    train_levels: tuple[float, ...] = ()
+    eval_levels: tuple[float, ...] = (1.0,)
+    read_noise: float = 0.0
+    floor: tuple[float, float] = (0.0, 0.0)
+    i0: float = deg.CT_I0
+    views: int = deg.CT_VIEWS
+    cache_dir: Path | None = None
+    _noise_cache: dict[tuple[str, int, float, int], np.ndarray] = field(
+        default_factory=dict, repr=False)
+    _sinograms: dict[tuple[bytes, float], np.ndarray] = field(default_factory=dict, repr=False)
+
+    @property
+    def task(self) -> str:
+        return "super-resolution" if self.kind in ("kspace", "block_mean") else "denoise"
+
+    @property
+    def level_name(self) -> str:
+        return {"rician": "sigma_fraction", "ct_low_dose": "dose_fraction",
+                "poisson_gaussian": "photons"}.get(self.kind, "scale")
+
+    @classmethod
+    def from_config(cls, table: Mapping[str, Any], cache_dir: Path | None = None) -> Task:
+        kind = table.get("kind")
+        if kind not in KINDS:
+            raise TaskError(f"degradation.kind = {kind!r}: expected one of {', '.join(KINDS)}")
+        if kind == "rician":
+            rng = _pair(table, "fraction", (0.01, 0.09))
+            return cls(kind, train_range=rng, eval_levels=_levels(table, "eval", [0.03, 0.07]),
+                       train_levels=tuple(np.linspace(rng[0], rng[1], 9)),
+                       floor=_pair(table, "floor", (0.0, 0.0)))
+        if kind == "ct_low_dose":
+            doses = _levels(table, "train_doses", [0.05, 0.1, 0.15, 0.25, 0.35, 0.5])
+            if any(d > 1 for d in doses):
+                raise TaskError("degradation.train_doses: dose fractions must be <= 1")
+            return cls(kind, train_levels=doses, eval_levels=_levels(table, "eval", [0.1, 0.25]),
+                       i0=float(table.get("i0", deg.CT_I0)),
+                       views=int(table.get("views", deg.CT_VIEWS)), cache_dir=cache_dir)
+        if kind == "poisson_gaussian":
+            rng = _pair(table, "photons", (100.0, 3000.0))
+            return cls(kind, train_range=rng, eval_levels=_levels(table, "eval", [300, 1000]),
+                       read_noise=float(table.get("read_noise", 0.002)),
+                       train_levels=tuple(np.geomspace(rng[0], rng[1], 9)))
+        scale = table.get("scale")
+        if not isinstance(scale, int) or isinstance(scale, bool) or scale not in (2, 3, 4, 8):
+            raise TaskError(f"degradation.scale = {scale!r}: expected 2, 3, 4 or 8")
+        return cls(kind, scale=scale, eval_levels=(float(scale),))
+
+    @classmethod
+    def from_card(cls, table: Mapping[str, Any]) -> Task:
+        """The task a card's ``[degradation]`` table (written by :meth:`card`) describes."""
+        config = dict(table)
+        config["eval"] = list(config.get("evaluated_at", []))
+        return cls.from_config(config)
+
+    def card(self) -> dict[str, Any]:
+        """The card's ``[degradation]`` table."""
+        out: dict[str, Any] = {"kind": self.kind, "evaluated_at": list(self.eval_levels),
+                               "level": self.level_name}
+        if self.kind == "rician":
+            note = ("Rician noise, sigma = fraction x the series' 99th percentile, added on top "
+                    "of the images' own noise")
+            if self.floor[1] > 0:
+                note += ("; in training the reference first gets its own Rician floor "
+                         "(sigma = floor x P99), which the model keeps")
+            out.update(fraction=list(self.train_range), floor=list(self.floor), note=note)
+        elif self.kind == "ct_low_dose":
+            out.update(train_doses=list(self.train_levels), i0=self.i0, views=self.views,
+                       mu_water_per_mm=deg.MU_WATER_PER_MM, note=(
+                           "projection-domain low-dose insertion, parallel beam over 180 "
+                           "degrees, Poisson counts, FBP of noisy minus clean"))
+        elif self.kind == "poisson_gaussian":
+            out.update(photons=list(self.train_range), read_noise=self.read_noise, note=(
+                "Poisson at the photon level (signal mapped to [0, 1] by the series range) plus "
+                "Gaussian read noise"))
+        elif self.kind == "kspace":
+            out.update(scale=self.scale, note="central 1/f of k-space in each direction")
+        else:
+            out.update(scale=self.scale, note="f x f block mean (detector binning)")
+        return out
+
+    # --- levels -------------------------------------------------------------------------
+    def sample_level(self, rng: np.random.Generator) -> float:
+        """A training level: continuous noise level, or one of the cached CT doses."""
+        if self.kind == "rician":
+            return float(rng.uniform(*self.train_range))
+        if self.kind == "poisson_gaussian":
+            low, high = np.log(self.train_range)
+            return float(np.exp(rng.uniform(low, high)))
+        if self.kind == "ct_low_dose":
+            return float(self.train_levels[int(rng.integers(len(self.train_levels)))])
+        return float(self.scale)
+
+    def stats_level(self, level: float) -> float:
+        """The grid level whose input statistics stand for ``level`` (bounded cache)."""
+        if not self.train_levels:
+            return level
+        grid = np.asarray(self.train_levels)
+        return float(grid[np.argmin(np.abs(np.log(grid) - np.log(level)))])
+
+    # --- whole series (evaluation, input statistics) ------------------------------------
+    def reference(self, series: SeriesData) -> np.ndarray:
+        """The target the output is compared with (cropped to a multiple of the scale)."""
+        return np.asarray(deg.crop_to_multiple(series.slices, self.scale), dtype=np.float64)
+
+    def degrade_series(
+        self, series: SeriesData, level: float, rng: np.random.Generator
+    ) -> np.ndarray:
+        """The whole series degraded at ``level``: what the model and the baselines get."""
+        ref = self.reference(series)
+        if self.kind == "rician":
+            return deg.rand_rician(ref, series.percentile(99) * level, rng)
+        if self.kind == "poisson_gaussian":
+            return self._poisson_gaussian(series, ref, level, rng)
+        if self.kind == "kspace":
+            return deg.kspace_truncate(ref, self.scale)
+        if self.kind == "block_mean":
+            return deg.block_mean(ref, self.scale)
+        spacing = self._spacing(series)
+        return np.stack([self._ct_slice(s, spacing, level, rng) for s in ref])
+
+    def baselines(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """Every SPEC section 7 baseline of this task, slice by slice on modality values."""
+        f = self.scale
+        if self.kind == "kspace":
+            return {"zero_filled": deg.zero_filled(inputs, f),
+                    "bicubic": np.stack([bicubic_upscale(s, f) for s in inputs])}
+        if self.kind == "block_mean":
+            return {"bicubic": np.stack([bicubic_upscale(s, f) for s in inputs])}
+        return {"nl_means": np.stack([nl_means(s) for s in inputs])}
+
+    # --- training pairs -----------------------------------------------------------------
+    def train_pair(
+        self,
+        series: SeriesData,
+        index: int,
+        level: float,
+        rng: np.random.Generator,
+        patch: int,
+        channels: int = 1,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(input, target) crops in modality values: input (C, p/f, p/f), target (1, p, p).
+
+        Pointwise noise is drawn on the crop itself; k-space truncation on a crop with a
+        margin (so its periodic edges fall outside); CT noise comes from cached whole-slice
+        realisations because the projection domain sees the whole slice.
+        """
+        f = self.scale
+        stack = series.neighbours(index, channels)
+        centre = channels // 2
+        if self.kind == "ct_low_dose":
+            noise = np.stack([
+                self._ct_noise(series, i, level, int(rng.integers(2)))
+                for i in _neighbour_indices(len(series.slices), index, channels)])
+            both = np.concatenate([stack + noise, stack[centre : centre + 1]])
+            crop, _ = random_crop(both, patch, rng)
+            crop = random_flip_rotate([crop], rng)[0]
+            return crop[:channels], crop[channels:]
+        margin = 8 * f if self.kind == "kspace" else 0
+        crop, _ = random_crop(stack, patch + 2 * margin, rng, multiple=f)
+        crop = random_flip_rotate([crop], rng)[0].astype(np.float64)
+        target = crop[centre : centre + 1, margin : margin + patch, margin : margin + patch]
+        if self.kind == "rician":
+            p99 = series.percentile(99)
+            if self.floor[1] > 0:  # an already-noisy reference: the scanner's own floor
+                crop = deg.rand_rician(crop, p99 * float(rng.uniform(*self.floor)), rng)
+                target = crop[centre : centre + 1, margin : margin + patch,
+                              margin : margin + patch]
+            noisy = deg.rand_rician(crop, p99 * level, rng)
+        elif self.kind == "poisson_gaussian":
+            noisy = self._poisson_gaussian(series, crop, level, rng)
+        elif self.kind == "kspace":
+            low = deg.kspace_truncate(crop, f)
+            m = margin // f
+            noisy = low[:, m : m + patch // f, m : m + patch // f]
+        else:
+            noisy = deg.block_mean(crop, f)
+        return noisy, target
+
+    # --- helpers ------------------------------------------------------------------------
+    def _poisson_gaussian(
+        self, series: SeriesData, image: np.ndarray, photons: float, rng: np.random.Generator
+    ) -> np.ndarray:
+        return deg.rand_poisson_gaussian(
+            image, photons, self.read_noise, rng,
+            value_range=(series.percentile(0), series.percentile(100)),
+            signal_increases_with_value=series.photometric == "MONOCHROME1",
+        )
+
+    def _spacing(self, series: SeriesData) -> float:
+        if series.pixel_spacing:
+            return series.pixel_spacing
+        log.warning("series=%s has no pixel spacing; CT noise assumes %.2f mm",
+                    series.series_uid, DEFAULT_CT_SPACING_MM)
+        return DEFAULT_CT_SPACING_MM
+
+    def _ct_slice(
+        self,
+        image: np.ndarray,
+        spacing: float,
+        dose: float,
+        rng: np.random.Generator,
+        sinogram: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Low-dose version of one slice; non-square slices are padded with air and cropped."""
+        h, w = image.shape
+        size = max(h, w)
+        square = np.full((size, size), -1000.0)
+        square[:h, :w] = image
+        if sinogram is None:  # the forward projection is the slow half: once per slice
+            key = (hashlib.sha1(square.tobytes()).digest(), spacing)
+            if key not in self._sinograms:
+                if len(self._sinograms) >= 64:  # ~4 MB each: keep the most recent
+                    self._sinograms.pop(next(iter(self._sinograms)))
+                self._sinograms[key] = deg.ct_sinogram(square, spacing, self.views)
+            sinogram = self._sinograms[key]
+        noisy = deg.rand_ct_low_dose(square, spacing, dose, rng, i0=self.i0, views=self.views,
+                                     sinogram=sinogram)
+        return noisy[:h, :w]
+
+    def _ct_noise(self, series: SeriesData, index: int, dose: float, realisation: int
+                  ) -> np.ndarray:
+        """Added noise (HU) of one slice at one dose, computed once (memory and disk cache)."""
+        key = (series.key, index, dose, realisation)
+        if key in self._noise_cache:
+            return self._noise_cache[key]
+        seed = stable_seed("ct-noise", series.key, index, dose, realisation, self.i0, self.views)
+        path = None
+        if self.cache_dir is not None:
+            path = self.cache_dir / f"ct_noise_{seed:08x}.npy"
+            if path.is_file():
+                noise = np.load(path, allow_pickle=False)
+                self._noise_cache[key] = noise
+                return noise
+        image = series.slices[index].astype(np.float64)
+        noisy = self._ct_slice(image, self._spacing(series), dose, np.random.default_rng(seed))
+        noise = (noisy - image).astype(np.float32)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp.npy")
+            np.save(tmp, noise, allow_pickle=False)
+            tmp.replace(path)  # atomic: an interrupted run leaves no half-written cache
+        self._noise_cache[key] = noise
+        return noise
+
+
+def _neighbour_indices(n: int, index: int, count: int) -> list[int]:
+    return [min(max(index + k, 0), n - 1) for k in range(-(count // 2), count // 2 + 1)]
