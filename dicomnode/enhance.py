@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 Sink = Callable[[Dataset], Path]
 # Slices decoded for series statistics (percentile normalisation) before the chunks: enough for
 # stable percentiles, cheap next to processing the series.
-SAMPLE_SLICES = 8
+SAMPLE_SLICES = 16  # as training/tasks.py: the same statistics in training and here
 
 
 @dataclass

@@ -84,8 +84,9 @@ class Normalisation:
         if self.method == "linear":
             return {"method": "linear", "offset": self.offset, "scale": self.scale,
                     "note": "x = (v - offset) / scale on modality values; output mapped back"}
-        return {"method": "percentile", "low_percentile": self.low_percentile,
-                "high_percentile": self.high_percentile,
+        # The card speaks the node's schema (dicomnode.normalise): low / high percentiles.
+        return {"method": "percentile", "low": self.low_percentile,
+                "high": self.high_percentile,
                 "note": "x = (v - P_low) / (P_high - P_low), percentiles of the input series "
                         "(up to 16 evenly spaced slices); output mapped back"}
 
