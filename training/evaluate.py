@@ -75,8 +75,7 @@ def load_model(name_or_checkpoint: str, models_dir: Path | None = None) -> Loade
     params = dict(card.parameters)
     channels = int(params.get("in_channels", 1)) if int(params.get("out_channels", 1)) == 1 else 1
     return LoadedModel(card.name, network.eval(), Task.from_card(card.degradation),
-                       Normalisation.from_config({k: v for k, v in card.normalisation.items()
-                                                  if k != "note"}),
+                       Normalisation.from_card(card.normalisation),
                        channels, card.modalities)
 
 

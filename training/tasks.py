@@ -70,6 +70,19 @@ class Normalisation:
             raise TaskError(f"normalisation.scale = {norm.scale}: expected > 0")
         return norm
 
+    @classmethod
+    def from_card(cls, table: Mapping[str, Any]) -> Normalisation:
+        """The inverse of ``card``: read a model card's [normalisation] (node schema)."""
+        method = table.get("method", "percentile")
+        if method == "hu":
+            low, high = float(table["low"]), float(table["high"])
+            return cls(method="linear", offset=low, scale=high - low)
+        if method == "percentile":
+            return cls(method="percentile", low_percentile=float(table.get("low", 0.5)),
+                       high_percentile=float(table.get("high", 99.5)))
+        raise TaskError(f"normalisation.method = {method!r} in the card: expected 'percentile' "
+                        "or 'hu'")
+
     def params(self, input_series: np.ndarray) -> tuple[float, float]:
         """(offset, scale) for this input series: x = (v - offset) / scale."""
         if self.method == "linear":
@@ -81,10 +94,11 @@ class Normalisation:
         return float(low), float(max(high - low, 1e-6))
 
     def card(self) -> dict[str, Any]:
+        # The card speaks the node's schema (dicomnode.normalise): "hu" low..high -> 0..1 is
+        # this linear map; "percentile" names its low / high percentiles.
         if self.method == "linear":
-            return {"method": "linear", "offset": self.offset, "scale": self.scale,
-                    "note": "x = (v - offset) / scale on modality values; output mapped back"}
-        # The card speaks the node's schema (dicomnode.normalise): low / high percentiles.
+            return {"method": "hu", "low": self.offset, "high": self.offset + self.scale,
+                    "note": "x = (v - low) / (high - low) on modality values; output mapped back"}
         return {"method": "percentile", "low": self.low_percentile,
                 "high": self.high_percentile,
                 "note": "x = (v - P_low) / (P_high - P_low), percentiles of the input series "
