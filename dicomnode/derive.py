@@ -9,6 +9,7 @@ names this node in the Contributing Equipment Sequence (SPEC section 5).
 from __future__ import annotations
 
 import copy
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -41,6 +42,7 @@ _DROPPED_KEYWORDS = (
     "DerivationCodeSequence", "DerivationDescription", "ReferencedSeriesSequence",
 )
 _SPACING_KEYWORDS = ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing")
+_UID_CHARACTERS = re.compile(r"^[0-9.]{1,64}$")
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,14 @@ def _check_inputs(
     for keyword in ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"):
         if not str(source.get(keyword, "") or "").strip():
             raise DeriveError(f"source {keyword} is missing: cannot derive from it")
+        if source[keyword].VR != "UI":  # a UID written with another VR cannot be copied
+            raise DeriveError(f"source {keyword} has VR {source[keyword].VR}, expected UI")
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID"):
+        # Referenced in new sequences: a path, a NUL or 65+ characters would make the derived
+        # object invalid (legacy UIDs with leading zeros are tolerated, as PACS do).
+        if not _UID_CHARACTERS.match(str(source[keyword].value)):
+            raise DeriveError(f"source {keyword} {str(source[keyword].value)[:80]!r} is not a "
+                              "UID (digits and dots, at most 64 characters)")
     f = derivation.scale
     expected = (int(source.Rows) * f, int(source.Columns) * f)
     if stored.ndim != 2 or stored.shape != expected:
@@ -145,12 +155,41 @@ def _check_inputs(
             f"pixel array dtype is {stored.dtype}, expected {fmt.stored_dtype} "
             f"for BitsAllocated {fmt.bits_allocated} and PixelRepresentation {int(fmt.signed)}"
         )
+    if f > 1:
+        _check_geometry(source, f)
     low, high = fmt.stored_range
     if stored.size and (stored.min() < low or stored.max() > high):
         raise DeriveError(
             f"pixel values span {stored.min()}..{stored.max()}, outside BitsStored "
             f"{fmt.bits_stored} range {low}..{high}"
         )
+
+
+def _check_geometry(source: Dataset, f: int) -> None:
+    """Scaling rewrites spacing and position: each present one must be usable numbers."""
+    for keyword in _SPACING_KEYWORDS:
+        values = _numbers(source, keyword)
+        if values is not None and (len(values) != 2 or not all(v > 0 for v in values)):
+            raise DeriveError(f"{keyword} is {source.get(keyword)!r}: expected two positive "
+                              f"numbers (mm) to scale by {f}")
+    for keyword, count in (("ImagePositionPatient", 3), ("ImageOrientationPatient", 6)):
+        values = _numbers(source, keyword)
+        if values is not None and len(values) != count:
+            raise DeriveError(f"{keyword} is {source.get(keyword)!r}: expected {count} finite "
+                              f"numbers to move the image position for scale {f}")
+
+
+def _numbers(source: Dataset, keyword: str) -> list[float] | None:
+    """The finite numbers of a DS attribute; None when absent; [] when any is not a number."""
+    value = source.get(keyword)
+    if value is None or value == "":
+        return None
+    try:
+        values = [value] if isinstance(value, str | bytes | int | float) else list(value)
+        numbers = [float(v) for v in values]
+    except (TypeError, ValueError):
+        return []
+    return numbers if all(np.isfinite(numbers)) else []
 
 
 def _copy_kept_attributes(source: Dataset) -> Dataset:

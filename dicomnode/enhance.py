@@ -95,12 +95,11 @@ def enhance_series(
             for (image, ds, fmt, _), result in zip(group, output, strict=True):
                 try:
                     derived = derive_image(ds, stored_values(result, fmt), fmt, derivation)
+                    outcome.written.append(sink(derived))
                 except DeriveError as exc:
                     outcome.rejected.append((image.path, str(exc)))
                     event(log, "derive_failed", logging.WARNING,
                           sop_uid=image.sop_instance_uid, reason=str(exc))
-                else:
-                    outcome.written.append(sink(derived))
                 _tick(on_image)
     event(log, "series_enhanced", series_uid=series.series_instance_uid,
           model=enhancer.card.name, written=len(outcome.written),
@@ -122,7 +121,9 @@ def _series_refusal(series: Series, card: ModelCard) -> str | None:
 def _load(image: SourceImage) -> tuple[SourceImage, Dataset, PixelFormat, np.ndarray]:
     try:
         ds = image.read()
-    except Exception as exc:  # a file damaged after the header scan
+        for _ in ds.iterall():  # pydicom converts values lazily: meet malformed ones here
+            pass
+    except Exception as exc:  # a file damaged after the header scan, or a malformed value
         raise InputRejected(f"cannot read {image.path.name}: {type(exc).__name__}: {exc}") from exc
     fmt = pixel_format(ds)
     return image, ds, fmt, modality_values(ds, fmt)
