@@ -79,6 +79,8 @@ def pixel_format(ds: Dataset) -> PixelFormat:
         if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
             raise InputRejected("Float Pixel Data is not supported; only integer Pixel Data")
         raise InputRejected("no Pixel Data (7FE0,0010): not an image, or the file is truncated")
+    if not _value(ds, "PixelData"):
+        raise InputRejected("Pixel Data (7FE0,0010) is empty")
     rows, columns = _integer(ds, "Rows"), _integer(ds, "Columns")
     bits_allocated, bits_stored = _integer(ds, "BitsAllocated"), _integer(ds, "BitsStored")
     representation = _integer(ds, "PixelRepresentation")
@@ -272,6 +274,15 @@ def modality_values(ds: Dataset, fmt: PixelFormat | None = None) -> np.ndarray:
     except Exception as exc:  # the decoders raise many unrelated types for broken streams
         raise InputRejected(
             f"Pixel Data cannot be decoded ({_transfer_syntax(ds).name}): {exc}"
+        ) from exc
+    except BaseException as exc:
+        # A Rust decoder's panic (pylibjpeg-rle overrunning its frame) reaches Python as
+        # pyo3's PanicException, a BaseException: uncaught, it ended the worker thread.
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise InputRejected(
+            f"Pixel Data cannot be decoded ({_transfer_syntax(ds).name}): decoder panicked: "
+            f"{exc}"
         ) from exc
     if stored.shape != (fmt.rows, fmt.columns):
         raise InputRejected(

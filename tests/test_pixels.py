@@ -199,6 +199,7 @@ def test_rgb_jpeg_tile_is_refused():
         ({"RescaleSlope": 0, "RescaleIntercept": 0}, "RescaleSlope is 0"),
         ({"RescaleSlope": float("nan"), "RescaleIntercept": 0}, "RescaleSlope is nan"),
         ({"RescaleSlope": 1, "RescaleIntercept": 1e300}, "beyond what float32 holds"),
+        ({"PixelData": b""}, r"Pixel Data \(7FE0,0010\) is empty"),  # found by bench/fuzz.py
     ],
 )
 def test_zero_and_absurd_values_are_refused_not_defaulted(changes, message):
@@ -257,3 +258,12 @@ def test_codestream_contradicting_the_header_is_refused_before_decoding(
     ds = _with_frame_header(name, marker, offset, fmt, values)
     with pytest.raises(InputRejected, match=message):
         pixel_format(ds)
+
+
+def test_a_decoder_panic_is_a_refusal_not_a_dead_worker():
+    """RLE with fewer Rows than encoded: pylibjpeg-rle panics; pyo3 raises PanicException, a
+    BaseException that went through every ``except Exception`` and ended the worker thread."""
+    ds = pydicom.dcmread(TS_DIR / "4.dcm")
+    ds.Rows = 200
+    with pytest.raises(InputRejected, match="decoder panicked"):
+        modality_values(ds, pixel_format(ds))

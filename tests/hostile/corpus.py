@@ -883,6 +883,15 @@ def corrupt_rle_header() -> Payload:
     return encoded("corrupt_rle_header", "4.dcm", bytes(pixels))
 
 
+@case(net=OK, job="failed: nothing derived: Pixel Data cannot be decoded",
+      enhance="refused: Pixel Data cannot be decoded")
+def rle_rows_fewer_than_encoded() -> Payload:
+    """RLE Lossless whose Rows (200) is less than the encoded frame's 384 (the Rust decoder
+    panics, and a pyo3 panic is a BaseException, not an Exception)."""
+    ds = compressed_mr("rle_rows_fewer_than_encoded", "4.dcm", Rows=200)
+    return one(ds, f"{ds.SOPInstanceUID}.dcm", transfer_syntax=str(ds.file_meta.TransferSyntaxUID))
+
+
 @case(net=OK, job="failed: nothing derived: JPEG 2000 codestream is 50000 x 50000",
       enhance="refused: JPEG 2000 codestream is 50000 x 50000", watch_memory=True)
 def jpeg2000_codestream_bomb() -> Payload:
