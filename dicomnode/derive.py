@@ -180,9 +180,11 @@ def _check_geometry(source: Dataset, f: int) -> None:
 
 
 def _numbers(source: Dataset, keyword: str) -> list[float] | None:
-    """The finite numbers of a DS attribute; None when absent; [] when any is not a number."""
+    """The finite numbers of a DS attribute; None when absent or empty; [] when any is not a
+    finite number."""
     value = source.get(keyword)
-    if value is None or value == "":
+    if value is None or value == "" or (not isinstance(value, str | bytes | int | float)
+                                        and len(value) == 0):
         return None
     try:
         values = [value] if isinstance(value, str | bytes | int | float) else list(value)
@@ -279,24 +281,27 @@ def _series_description(value: object, suffix: str) -> str:
 
 
 def _scale_geometry(ds: Dataset, source: Dataset, f: int) -> None:
-    """Rows, Columns and spacing by ``f``; IPP moved so the image covers the same extent."""
+    """Rows, Columns and spacing by ``f``; IPP moved so the image covers the same extent.
+
+    The values were checked by ``_check_geometry``; an empty one counts as absent.
+    """
     ds.Rows = int(source.Rows) * f
     ds.Columns = int(source.Columns) * f
     for keyword in _SPACING_KEYWORDS:
-        spacing = source.get(keyword)
-        if spacing is not None and len(spacing) == 2:
-            setattr(ds, keyword, [DS(float(v) / f, auto_format=True) for v in spacing])
-    spacing = source.get("PixelSpacing")
-    orientation = source.get("ImageOrientationPatient")
-    position = source.get("ImagePositionPatient")
-    if spacing is None or orientation is None or position is None:
+        spacing = _numbers(source, keyword)
+        if spacing:
+            setattr(ds, keyword, [DS(v / f, auto_format=True) for v in spacing])
+    spacing = _numbers(source, "PixelSpacing")
+    orientation = _numbers(source, "ImageOrientationPatient")
+    position = _numbers(source, "ImagePositionPatient")
+    if not spacing or not orientation or not position:
         return
-    row_spacing, column_spacing = (float(v) for v in spacing)
-    x = np.asarray([float(v) for v in orientation[:3]])  # along a row (columns increase)
-    y = np.asarray([float(v) for v in orientation[3:]])  # along a column (rows increase)
+    row_spacing, column_spacing = spacing
+    x = np.asarray(orientation[:3])  # along a row (columns increase)
+    y = np.asarray(orientation[3:])  # along a column (rows increase)
     shrink = 1.0 - 1.0 / f
     moved = (
-        np.asarray([float(v) for v in position])
+        np.asarray(position)
         - x * (column_spacing / 2) * shrink
         - y * (row_spacing / 2) * shrink
     )

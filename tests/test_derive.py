@@ -301,3 +301,14 @@ def test_a_uid_stored_with_another_vr_is_refused(mr_source: Dataset):
     pixels = np.zeros((source.Rows * 2, source.Columns * 2), np.uint16)
     with pytest.raises(DeriveError, match="source SeriesInstanceUID has VR OB, expected UI"):
         derive_image(source, pixels, pixel_format(mr_source), _derivation())
+
+
+def test_empty_geometry_counts_as_absent(mr_source: Dataset):
+    """Found by bench/fuzz.py: an empty ImageOrientationPatient crashed the IPP arithmetic."""
+    source = copy.deepcopy(mr_source)
+    source.ImageOrientationPatient = ""
+    fmt = pixel_format(source)
+    pixels = np.zeros((source.Rows * 2, source.Columns * 2), np.uint16)
+    derived = derive_image(source, pixels, fmt, _derivation())
+    assert derived.ImagePositionPatient == source.ImagePositionPatient  # nothing to move by
+    assert derived.PixelSpacing == [v / 2 for v in source.PixelSpacing]
