@@ -168,7 +168,8 @@ class SpoolChecker:
         for path in series_dir.rglob("*"):
             if path.is_file() and str(path) not in indexed:
                 found.append(f"unindexed or half-written file in the spool: {path.name}")
-        leftovers = list((self.storage_dir / "spool" / "tmp").iterdir())
+        tmp = self.storage_dir / "spool" / "tmp"
+        leftovers = list(tmp.iterdir()) if tmp.exists() else []
         if leftovers:
             found.append(f"{len(leftovers)} file(s) left in spool/tmp")
         return found
