@@ -602,6 +602,15 @@ def deeply_nested_sequences() -> Payload:
                                  _nested(5000)),))
 
 
+@case(net=OK, job="unrouted: no readable instance", enhance="skipped: unreadable DICOM header")
+def implicit_vr_odd_length_rows() -> Payload:
+    """Implicit VR: Rows (US) with a 3-byte value (no VR on the wire for the walk to check)."""
+    part = part10(mr("implicit_vr_odd_length_rows"), "implicit.dcm", transfer_syntax=IMPLICIT_LE)
+    rows = locate(part, 0x00280010)
+    return Payload(files=(splice(part, rows.start, rows.value_start + rows.length,
+                                 struct.pack("<HHL", 0x0028, 0x0010, 3) + b"\x00\x01\x00"),))
+
+
 @case(net=OK, job="done", enhance=DERIVED)
 def elements_out_of_order() -> Payload:
     """Series Instance UID moved to the front, before SOP Class UID."""
