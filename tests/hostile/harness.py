@@ -249,6 +249,127 @@ def peak_rss(pid: int) -> int:
     raise RuntimeError(f"no VmHWM for {pid}")
 
 
+# -- one node, the whole corpus: what the tests assert and the report prints -----------------
+
+@dataclass
+class NodeSession:
+    """A running node, its spool checker, and what each case got (shared across cases)."""
+
+    port: int
+    pid: int
+    storage: Path
+    out: Path
+    log: Path
+    checker: SpoolChecker = field(init=False)
+    answers: dict[str, str] = field(default_factory=dict)
+    companions: dict[str, int] = field(default_factory=dict)  # series UID -> slices sent
+
+    def __post_init__(self) -> None:
+        self.checker = SpoolChecker(self.storage)
+
+    def alive(self) -> bool:
+        return Path(f"/proc/{self.pid}").exists() and "zombie" not in Path(
+            f"/proc/{self.pid}/status").read_text()
+
+
+@dataclass
+class Verdict:
+    """What the node did with a case and every way that fell short (empty: pass)."""
+
+    case: Case
+    answer: str = ""
+    series: str = ""
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+
+def play_network_case(session: NodeSession, index: int, case: Case) -> Verdict:
+    """Send ``case`` with a good series in flight; check echo, spool, answer and memory."""
+    verdict = Verdict(case)
+    peak_before = peak_rss(session.pid)
+    with Companion(session.port, index) as companion:
+        verdict.answer = send_case(session.port, case)
+    session.answers[case.name] = verdict.answer
+    session.companions[companion.series_uid] = session.companions.get(
+        companion.series_uid, 0) + len(companion.parts)
+    if not session.alive():
+        verdict.problems.append("the node died")
+        return verdict
+    # Associations the case opened may take a moment to end (max_associations counts them).
+    deadline = time.monotonic() + 15
+    while (answer := echo(session.port)) != "0x0000" and time.monotonic() < deadline:
+        _Pause().wait(0.1)
+    if answer != "0x0000":
+        verdict.problems.append(f"C-ECHO after the case: {answer}")
+    if companion.statuses != ["0x0000", "0x0000"]:
+        verdict.problems.append(f"the good series in flight got {companion.statuses}")
+    verdict.problems += session.checker.problems()
+    if not matches(verdict.answer, case.net):
+        verdict.problems.append(f"answered {verdict.answer!r}, expected {case.net}")
+    if case.watch_memory:
+        if verdict.answer.startswith("0x0000"):  # let the worker meet it too
+            verdict.series = wait_series(session.storage, case_series(case), 60)
+        jump = peak_rss(session.pid) - peak_before
+        if jump >= RSS_JUMP_LIMIT:
+            verdict.problems.append(f"peak RSS grew by {jump >> 20} MiB")
+    return verdict
+
+
+def judge_series(session: NodeSession, verdict: Verdict) -> None:
+    """Once routed: the stored case's series was processed or refused as expected."""
+    case = verdict.case
+    if case.job is None or not session.answers.get(case.name, "").startswith("0x0000"):
+        return
+    verdict.series = wait_series(session.storage, case_series(case), 60)
+    if not matches(verdict.series, case.job):
+        verdict.problems.append(f"series outcome {verdict.series!r}, expected {case.job}")
+
+
+def companions_delivered(session: NodeSession, timeout: float = 120) -> list[str]:
+    """Problems with the good series sent alongside: each must be derived and delivered."""
+    def delivered() -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for path in session.out.rglob("*.dcm"):
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+            source = str(header.ReferencedSeriesSequence[0].SeriesInstanceUID)
+            counts[source] = counts.get(source, 0) + 1
+        return counts
+
+    deadline = time.monotonic() + timeout
+    while any(delivered().get(u, 0) < n for u, n in session.companions.items()):
+        if time.monotonic() > deadline:
+            break
+        _Pause().wait(0.2)
+    counts = delivered()
+    problems = [f"companion series {u}: {counts.get(u, 0)} of {n} slices delivered"
+                for u, n in session.companions.items() if counts.get(u, 0) != n]
+    for uid, n in session.companions.items():
+        outcome = series_outcome(session.storage, uid)
+        if outcome != f"done ({n} derived)":
+            problems.append(f"companion series {uid}: {outcome}")
+    return problems
+
+
+def judge_enhance(result: EnhanceResult, case: Case) -> list[str]:
+    """Problems with what ``dicomnode enhance`` did with a case's files (empty: pass)."""
+    problems = []
+    if result.exit_code != 0:
+        problems.append(f"exit code {result.exit_code}")
+    if result.good_derived != 2:
+        problems.append(f"{result.good_derived} of the 2 good files derived")
+    if "Traceback" in result.stderr:
+        problems.append("a traceback on stderr")
+    silent = [name for name, outcome in result.outcomes.items() if outcome == "no message"]
+    if silent:
+        problems.append(f"no message names {silent}")
+    if not matches(result.outcome, case.enhance):
+        problems.append(f"said {result.outcome!r}, expected {case.enhance}")
+    return problems
+
+
 # -- dicomnode enhance --------------------------------------------------------------------------
 
 @dataclass
