@@ -16,7 +16,7 @@ from pathlib import Path
 
 from dicomnode import __version__
 from dicomnode.config import DEVICE_PATTERN, Config, load_config
-from dicomnode.errors import ConfigError, DicomNodeError, ModelError
+from dicomnode.errors import ConfigError, DeriveError, DicomNodeError, ModelError
 
 log = logging.getLogger("dicomnode.cli")
 
@@ -253,11 +253,17 @@ def _enhance(args: argparse.Namespace) -> int:
         )
     sources = {im.path.resolve() for s in result.series for im in s.images}
     out_dir = args.out_dir
+    derived: dict[str, Path] = {}  # derived SOP Instance UID -> where it was written
 
     def sink(ds):  # type: ignore[no-untyped-def]
         path = out_dir / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
         if path.resolve() in sources:
             raise DicomNodeError(f"refusing to overwrite the source file {path}")
+        if str(ds.SOPInstanceUID) in derived:  # derived UIDs follow from the source's
+            source = ds.SourceImageSequence[0].ReferencedSOPInstanceUID
+            raise DeriveError(f"another file with SOPInstanceUID {source} was already derived "
+                              f"to {derived[str(ds.SOPInstanceUID)]}: duplicate refused")
+        derived[str(ds.SOPInstanceUID)] = path
         return write_dataset(ds, path)
 
     suffix = f" [dicomnode {enhancer.card.name}]"

@@ -9,6 +9,7 @@ names this node in the Contributing Equipment Sequence (SPEC section 5).
 from __future__ import annotations
 
 import copy
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -41,6 +42,7 @@ _DROPPED_KEYWORDS = (
     "DerivationCodeSequence", "DerivationDescription", "ReferencedSeriesSequence",
 )
 _SPACING_KEYWORDS = ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing")
+_UID_CHARACTERS = re.compile(r"^[0-9.]{1,64}$")
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,14 @@ def _check_inputs(
     for keyword in ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"):
         if not str(source.get(keyword, "") or "").strip():
             raise DeriveError(f"source {keyword} is missing: cannot derive from it")
+        if source[keyword].VR != "UI":  # a UID written with another VR cannot be copied
+            raise DeriveError(f"source {keyword} has VR {source[keyword].VR}, expected UI")
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID"):
+        # Referenced in new sequences: a path, a NUL or 65+ characters would make the derived
+        # object invalid (legacy UIDs with leading zeros are tolerated, as PACS do).
+        if not _UID_CHARACTERS.match(str(source[keyword].value)):
+            raise DeriveError(f"source {keyword} {str(source[keyword].value)[:80]!r} is not a "
+                              "UID (digits and dots, at most 64 characters)")
     f = derivation.scale
     expected = (int(source.Rows) * f, int(source.Columns) * f)
     if stored.ndim != 2 or stored.shape != expected:
@@ -145,12 +155,43 @@ def _check_inputs(
             f"pixel array dtype is {stored.dtype}, expected {fmt.stored_dtype} "
             f"for BitsAllocated {fmt.bits_allocated} and PixelRepresentation {int(fmt.signed)}"
         )
+    if f > 1:
+        _check_geometry(source, f)
     low, high = fmt.stored_range
     if stored.size and (stored.min() < low or stored.max() > high):
         raise DeriveError(
             f"pixel values span {stored.min()}..{stored.max()}, outside BitsStored "
             f"{fmt.bits_stored} range {low}..{high}"
         )
+
+
+def _check_geometry(source: Dataset, f: int) -> None:
+    """Scaling rewrites spacing and position: each present one must be usable numbers."""
+    for keyword in _SPACING_KEYWORDS:
+        values = _numbers(source, keyword)
+        if values is not None and (len(values) != 2 or not all(v > 0 for v in values)):
+            raise DeriveError(f"{keyword} is {source.get(keyword)!r}: expected two positive "
+                              f"numbers (mm) to scale by {f}")
+    for keyword, count in (("ImagePositionPatient", 3), ("ImageOrientationPatient", 6)):
+        values = _numbers(source, keyword)
+        if values is not None and len(values) != count:
+            raise DeriveError(f"{keyword} is {source.get(keyword)!r}: expected {count} finite "
+                              f"numbers to move the image position for scale {f}")
+
+
+def _numbers(source: Dataset, keyword: str) -> list[float] | None:
+    """The finite numbers of a DS attribute; None when absent or empty; [] when any is not a
+    finite number."""
+    value = source.get(keyword)
+    if value is None or value == "" or (not isinstance(value, str | bytes | int | float)
+                                        and len(value) == 0):
+        return None
+    try:
+        values = [value] if isinstance(value, str | bytes | int | float) else list(value)
+        numbers = [float(v) for v in values]
+    except (TypeError, ValueError):
+        return []
+    return numbers if all(np.isfinite(numbers)) else []
 
 
 def _copy_kept_attributes(source: Dataset) -> Dataset:
@@ -240,24 +281,27 @@ def _series_description(value: object, suffix: str) -> str:
 
 
 def _scale_geometry(ds: Dataset, source: Dataset, f: int) -> None:
-    """Rows, Columns and spacing by ``f``; IPP moved so the image covers the same extent."""
+    """Rows, Columns and spacing by ``f``; IPP moved so the image covers the same extent.
+
+    The values were checked by ``_check_geometry``; an empty one counts as absent.
+    """
     ds.Rows = int(source.Rows) * f
     ds.Columns = int(source.Columns) * f
     for keyword in _SPACING_KEYWORDS:
-        spacing = source.get(keyword)
-        if spacing is not None and len(spacing) == 2:
-            setattr(ds, keyword, [DS(float(v) / f, auto_format=True) for v in spacing])
-    spacing = source.get("PixelSpacing")
-    orientation = source.get("ImageOrientationPatient")
-    position = source.get("ImagePositionPatient")
-    if spacing is None or orientation is None or position is None:
+        spacing = _numbers(source, keyword)
+        if spacing:
+            setattr(ds, keyword, [DS(v / f, auto_format=True) for v in spacing])
+    spacing = _numbers(source, "PixelSpacing")
+    orientation = _numbers(source, "ImageOrientationPatient")
+    position = _numbers(source, "ImagePositionPatient")
+    if not spacing or not orientation or not position:
         return
-    row_spacing, column_spacing = (float(v) for v in spacing)
-    x = np.asarray([float(v) for v in orientation[:3]])  # along a row (columns increase)
-    y = np.asarray([float(v) for v in orientation[3:]])  # along a column (rows increase)
+    row_spacing, column_spacing = spacing
+    x = np.asarray(orientation[:3])  # along a row (columns increase)
+    y = np.asarray(orientation[3:])  # along a column (rows increase)
     shrink = 1.0 - 1.0 / f
     moved = (
-        np.asarray([float(v) for v in position])
+        np.asarray(position)
         - x * (column_spacing / 2) * shrink
         - y * (row_spacing / 2) * shrink
     )

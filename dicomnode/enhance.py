@@ -115,12 +115,11 @@ def enhance_series(
             try:
                 derived = derive_image(item.ds, stored_values(values, item.fmt), item.fmt,
                                        derivation)
+                outcome.written.append(sink(derived))  # a sink may refuse with DeriveError
             except DeriveError as exc:
                 outcome.rejected.append((item.image.path, str(exc)))
                 event(log, "derive_failed", logging.WARNING,
                       sop_uid=item.image.sop_instance_uid, reason=str(exc))
-            else:
-                outcome.written.append(sink(derived))
             _tick(on_image)
     event(log, "series_enhanced", series_uid=series.series_instance_uid,
           model=enhancer.card.name, written=len(outcome.written),
@@ -220,7 +219,9 @@ def _series_refusal(series: Series, card: ModelCard) -> str | None:
 def _load(image: SourceImage) -> _Slice:
     try:
         ds = image.read()
-    except Exception as exc:  # a file damaged after the header scan
+        for _ in ds.iterall():  # pydicom converts values lazily: meet malformed ones here
+            pass
+    except Exception as exc:  # a file damaged after the header scan, or a malformed value
         raise InputRejected(f"cannot read {image.path.name}: {type(exc).__name__}: {exc}") from exc
     fmt = pixel_format(ds)
     values = modality_values(ds, fmt)

@@ -15,6 +15,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicomnode import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from dicomnode.errors import DeriveError
 
 _UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
@@ -103,7 +104,11 @@ def part10_header(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: st
 
 
 def encode_dataset(ds: Dataset) -> bytes:
-    """A DICOM Part 10 file (Explicit VR Little Endian) holding ``ds``."""
+    """A DICOM Part 10 file (Explicit VR Little Endian) holding ``ds``.
+
+    A value the encoder refuses (often one copied from a malformed source) is a DeriveError:
+    that object cannot be written, the next one may.
+    """
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
@@ -112,7 +117,10 @@ def encode_dataset(ds: Dataset) -> bytes:
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
     ds.file_meta = meta
     buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
+    try:
+        ds.save_as(buffer, enforce_file_format=True)
+    except Exception as exc:  # pydicom's encoders raise many types for a value they refuse
+        raise DeriveError(f"the derived object cannot be encoded: {exc}") from exc
     return buffer.getvalue()
 
 

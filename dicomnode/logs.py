@@ -28,7 +28,7 @@ class _TextFormatter(logging.Formatter):
         parts += [f"{k}={_quote(v)}" for k, v in fields.items()]
         line = " ".join(parts)
         if record.exc_info:
-            line += " exception=" + _quote(self.formatException(record.exc_info))
+            line += " exception=" + _quote(_exception(self, record))
         return line
 
 
@@ -40,8 +40,17 @@ class _JsonFormatter(logging.Formatter):
         }
         payload.update(getattr(record, _FIELDS, {}))
         if record.exc_info:
-            payload["exception"] = self.formatException(record.exc_info)
+            payload["exception"] = _exception(self, record)
         return json.dumps(payload, default=str)
+
+
+def _exception(formatter: logging.Formatter, record: logging.LogRecord) -> str:
+    """Our own errors keep their traceback (a bug to fix); a library's (pydicom logging a
+    decoder failure it also raises to us) keeps one line: the node already reports it."""
+    if record.name.startswith("dicomnode") or not record.exc_info or not record.exc_info[1]:
+        return formatter.formatException(record.exc_info)  # type: ignore[arg-type]
+    error = record.exc_info[1]
+    return f"{type(error).__name__}: {error}"
 
 
 def configure(level: str = "INFO", as_json: bool = False) -> None:
@@ -60,6 +69,8 @@ def _timestamp(record: logging.LogRecord) -> str:
 
 def _quote(value: Any) -> str:
     text = str(value)
-    if not text or any(c.isspace() or c in '"=' for c in text):
+    # Received values (UIDs, AE titles) reach the log: quote anything that could forge a line
+    # or carry terminal control sequences.
+    if not text or not text.isprintable() or any(c.isspace() or c in '"=' for c in text):
         return json.dumps(text)
     return text

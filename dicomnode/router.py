@@ -58,7 +58,10 @@ def route_series(config: Config, spool: Spool, series_uid: str, now: float) -> N
 def _first_header(spool: Spool, series_uid: str) -> Dataset | None:
     for path in spool.series_instance_paths(series_uid):
         try:
-            return pydicom.dcmread(path, stop_before_pixels=True)
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+            for _ in header.iterall():  # convert every value now, not inside a rule's match:
+                pass                    # one that raised there stopped routing for all series
+            return header
         except Exception:  # a damaged file: try the next instance
             continue
     return None

@@ -85,8 +85,13 @@ class Receiver:
             log_event(log, "store_refused", logging.WARNING, sop_uid=requested_uid,
                       calling_aet=calling, status="0xC210", reason=str(exc))
             return _status(STATUS_CANNOT_UNDERSTAND, str(exc))
+        requested_class = str(event.request.AffectedSOPClassUID or "")
+        reason = None
         if requested_uid and header.sop_uid != requested_uid:
             reason = "SOPInstanceUID differs from the C-STORE request's Affected SOP Instance UID"
+        elif requested_class and header.sop_class_uid != requested_class:
+            reason = "SOPClassUID differs from the C-STORE request's Affected SOP Class UID"
+        if reason is not None:
             log_event(log, "store_refused", logging.WARNING, sop_uid=requested_uid,
                       calling_aet=calling, status="0xA900", reason=reason)
             return _status(STATUS_DATASET_MISMATCH, reason)

@@ -132,6 +132,8 @@ def _walk(root: Path) -> Iterator[Path]:
 def _read_header(path: Path) -> tuple[Dataset | None, str]:
     try:
         header = pydicom.dcmread(path, stop_before_pixels=True)
+        for _ in header.iterall():  # values convert lazily: meet a malformed one here
+            pass
     except InvalidDicomError:
         return None, "not a DICOM Part 10 file (no DICM preamble)"
     except Exception as exc:  # pydicom raises many types for damaged files

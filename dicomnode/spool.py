@@ -26,6 +26,7 @@ from pydicom.tag import BaseTag
 
 from dicomnode.errors import InputRejected
 from dicomnode.files import atomic_write_bytes, safe_name
+from dicomnode.structure import check_part10
 
 SERIES_STATES = (
     "receiving", "stable", "queued", "processing", "derived", "sending", "done", "failed",
@@ -121,6 +122,8 @@ log = logging.getLogger(__name__)
 def parse_header(data: bytes) -> InstanceHeader:
     """The UIDs the index needs, parsed up to SeriesInstanceUID only (never the pixels).
 
+    The rest of the dataset is walked element header by element header (``structure``), so a
+    truncated or lying dataset is refused although its values are never decoded.
     Raises InputRejected naming what is missing or unreadable.
     """
     try:
@@ -142,6 +145,7 @@ def parse_header(data: bytes) -> InstanceHeader:
         values[keyword] = value
     meta = getattr(ds, "file_meta", None)
     syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    check_part10(data, syntax)
     return InstanceHeader(
         sop_uid=values["SOPInstanceUID"], sop_class_uid=values["SOPClassUID"],
         series_uid=values["SeriesInstanceUID"], study_uid=values["StudyInstanceUID"],

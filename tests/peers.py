@@ -59,6 +59,20 @@ def port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
+def node_command() -> list[str]:
+    """``dicomnode`` of this checkout (a console script would run whichever one is installed)."""
+    return [sys.executable, "-m", "dicomnode.cli"]
+
+
+def node_env() -> dict[str, str]:
+    """The environment with this checkout first on PYTHONPATH."""
+    path = os.environ.get("PYTHONPATH", "")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), path) if p)}
+
+
 def dcmtk_env() -> dict[str, str]:
     return {**os.environ, "TCP_NODELAY": "1"}
 
@@ -101,11 +115,10 @@ class NodeProcess:
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60) -> None:
-        script = Path(sys.executable).parent / "dicomnode"
         handle = self.log.open("ab")
         self.process = subprocess.Popen(
-            [str(script), "serve", "--config", str(self.config)], stdout=handle,
-            stderr=subprocess.STDOUT, cwd=self.workdir)
+            [*node_command(), "serve", "--config", str(self.config)], stdout=handle,
+            stderr=subprocess.STDOUT, cwd=self.workdir, env=node_env())
         handle.close()
         wait_for(lambda: self._alive() and port_open(self.port), timeout, "the node's SCP")
 
@@ -126,9 +139,8 @@ class NodeProcess:
         self.process.wait(30)
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
-        script = Path(sys.executable).parent / "dicomnode"
-        return subprocess.run([str(script), *args, "--config", str(self.config)],
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run([*node_command(), *args, "--config", str(self.config)],
+                              capture_output=True, text=True, timeout=60, env=node_env())
 
     def status(self) -> dict:
         result = self.cli("status", "--json")

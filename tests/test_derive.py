@@ -262,3 +262,53 @@ def test_inputs_are_checked_first(mr_source: Dataset, change: str, message: str)
 def test_derivation_is_validated(task: str, scale: int, message: str):
     with pytest.raises(DeriveError, match=message):
         _derivation(task, scale)
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "message"),
+    [
+        ("SOPInstanceUID", "../../../../tmp/x", "source SOPInstanceUID '../../../../tmp/x' is not"),
+        ("SeriesInstanceUID", "1.2." + "3" * 70, "source SeriesInstanceUID '1.2.333"),
+        ("SOPInstanceUID", "1.2.3\x004", "is not a UID"),
+        ("PixelSpacing", ["0", "0"], "PixelSpacing is .*expected two positive numbers"),
+        ("PixelSpacing", "0.5", "PixelSpacing is .*expected two positive numbers"),
+        ("ImagePositionPatient", ["1", "nan", "2"], "ImagePositionPatient is .*3 finite"),
+        ("ImageOrientationPatient", [1, 0, 0, 0, 1], "ImageOrientationPatient is .*6 finite"),
+    ],
+)
+def test_hostile_identity_and_geometry_are_refused(mr_source: Dataset, keyword: str, value,
+                                                  message: str):
+    """Hostile values would make the derived object reference garbage or move it wrongly."""
+    from pydicom import config
+
+    source = copy.deepcopy(mr_source)
+    previous = config.settings.writing_validation_mode
+    config.settings.writing_validation_mode = config.IGNORE
+    try:
+        setattr(source, keyword, value)
+    finally:
+        config.settings.writing_validation_mode = previous
+    fmt = pixel_format(mr_source)
+    pixels = np.zeros((source.Rows * 2, source.Columns * 2), np.uint16)
+    with pytest.raises(DeriveError, match=message):
+        derive_image(source, pixels, fmt, _derivation())
+
+
+def test_a_uid_stored_with_another_vr_is_refused(mr_source: Dataset):
+    source = copy.deepcopy(mr_source)
+    source["SeriesInstanceUID"].VR = "OB"
+    source["SeriesInstanceUID"].value = b"\x01\x02"
+    pixels = np.zeros((source.Rows * 2, source.Columns * 2), np.uint16)
+    with pytest.raises(DeriveError, match="source SeriesInstanceUID has VR OB, expected UI"):
+        derive_image(source, pixels, pixel_format(mr_source), _derivation())
+
+
+def test_empty_geometry_counts_as_absent(mr_source: Dataset):
+    """Found by bench/fuzz.py: an empty ImageOrientationPatient crashed the IPP arithmetic."""
+    source = copy.deepcopy(mr_source)
+    source.ImageOrientationPatient = ""
+    fmt = pixel_format(source)
+    pixels = np.zeros((source.Rows * 2, source.Columns * 2), np.uint16)
+    derived = derive_image(source, pixels, fmt, _derivation())
+    assert derived.ImagePositionPatient == source.ImagePositionPatient  # nothing to move by
+    assert derived.PixelSpacing == [v / 2 for v in source.PixelSpacing]

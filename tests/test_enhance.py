@@ -188,3 +188,22 @@ def test_console_script_usage_error_exits_2():
     result = subprocess.run([str(script), "enhance"], capture_output=True, text=True)
     assert result.returncode == 2
     assert "usage:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_two_files_with_one_sop_instance_uid_derive_once(tmp_path: Path, capsys):
+    """Derived UIDs follow from the source's: a second source under the same UID (here in
+    another series) would give a second, different object under the same derived UID."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    first, other = sorted(MR_DIR.glob("*.dcm"))[:2]
+    shutil.copy(first, folder / "a.dcm")
+    ds = pydicom.dcmread(other)
+    ds.SOPInstanceUID = pydicom.dcmread(first, stop_before_pixels=True).SOPInstanceUID
+    ds.SeriesInstanceUID = "1.2.826.0.1.3680043.10.1.99"
+    ds.save_as(folder / "b.dcm")
+    assert main(["enhance", str(folder), str(tmp_path / "out"), "--model", "bicubic-x2",
+                 "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "1 image(s) derived, 1 refused" in captured.out
+    assert "b.dcm: refused: another file with SOPInstanceUID" in captured.err
+    assert len(_derived(tmp_path / "out")) == 1

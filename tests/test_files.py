@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydicom.dataset import Dataset
 
-from dicomnode.files import atomic_write_bytes, safe_name
+from dicomnode.errors import DeriveError
+from dicomnode.files import atomic_write_bytes, encode_dataset, safe_name
 
 
 @pytest.mark.parametrize("uid", ["1.2.840.10008.5.1.4.1.1.4", "2.25.1234567890"])
@@ -57,3 +59,12 @@ def test_part10_header_reads_back_with_pydicom():
     assert meta.SourceApplicationEntityTitle == "MODALITY"
     assert meta.FileMetaInformationGroupLength == len(header) - 128 - 4 - 12
     assert (ds.pixel_array == reference.pixel_array).all()
+
+
+def test_a_dataset_the_encoder_refuses_is_a_derive_error():
+    """A value copied from a malformed source must refuse that object, not crash the run."""
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.4", "2.25.1"
+    ds.add_new(0x00081010, "OB", "text where bytes belong")
+    with pytest.raises(DeriveError, match="cannot be encoded"):
+        encode_dataset(ds)

@@ -188,3 +188,82 @@ def test_absurd_size_is_refused_before_decoding():
 def test_rgb_jpeg_tile_is_refused():
     with pytest.raises(InputRejected, match="grayscale"):
         pixel_format(pydicom.dcmread(CODEC_DIR / "SC_jpeg_no_color_transform.dcm"))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"SamplesPerPixel": 0}, "SamplesPerPixel 0"),
+        ({"NumberOfFrames": 0}, "NumberOfFrames is 0"),
+        ({"PixelRepresentation": 2}, "PixelRepresentation is 2"),
+        ({"RescaleSlope": 0, "RescaleIntercept": 0}, "RescaleSlope is 0"),
+        ({"RescaleSlope": float("nan"), "RescaleIntercept": 0}, "RescaleSlope is nan"),
+        ({"RescaleSlope": 1, "RescaleIntercept": 1e300}, "beyond what float32 holds"),
+        ({"PixelData": b""}, r"Pixel Data \(7FE0,0010\) is empty"),  # found by bench/fuzz.py
+    ],
+)
+def test_zero_and_absurd_values_are_refused_not_defaulted(changes, message):
+    """0 used to be read as 'absent' (``x or 1``): a slope of 0 became 1, 0 frames became 1."""
+    with pytest.raises(InputRejected, match=message):
+        pixel_format(_broken(**changes))
+
+
+def test_values_of_the_wrong_type_are_refused():
+    ds = _broken()
+    ds["Rows"].VR, ds["Rows"].value = "LO", "abc"
+    with pytest.raises(InputRejected, match="Rows is 'abc': expected one integer"):
+        pixel_format(ds)
+
+
+def test_pixel_data_longer_than_one_frame_is_refused():
+    ds = _broken()
+    ds.PixelData = ds.PixelData * 2
+    with pytest.raises(InputRejected, match="more than one frame's worth"):
+        pixel_format(ds)
+
+
+def test_unknown_or_missing_transfer_syntax_is_refused():
+    ds = _broken()
+    ds.file_meta.TransferSyntaxUID = "1.2.3.4.5.6"
+    with pytest.raises(InputRejected, match=r"'1\.2\.3\.4\.5\.6' is not a known transfer syntax"):
+        pixel_format(ds)
+    del ds.file_meta.TransferSyntaxUID
+    with pytest.raises(InputRejected, match="no Transfer Syntax UID"):
+        pixel_format(ds)
+
+
+def _with_frame_header(name: str, marker: bytes, offset: int, fmt: str, values: tuple):
+    import struct
+
+    ds = pydicom.dcmread(TS_DIR / name)
+    pixels = bytearray(ds.PixelData)
+    struct.pack_into(fmt, pixels, pixels.find(marker) + offset, *values)
+    ds.PixelData = bytes(pixels)
+    return ds
+
+
+@pytest.mark.parametrize(
+    ("name", "marker", "offset", "fmt", "values", "message"),
+    [
+        ("5.dcm", b"\xff\xc3", 5, ">HH", (65535, 65535), "JPEG codestream is 65535 x 65535"),
+        ("7.dcm", b"\xff\xf7", 5, ">HH", (65535, 65535), "JPEG-LS codestream is 65535"),
+        ("9.dcm", b"\xff\x51", 6, ">II", (50000, 50000), "JPEG 2000 codestream is 50000"),
+        ("9.dcm", b"\xff\x51", 38, ">H", (16384,), "with 16384 component"),
+    ],
+    ids=["jpeg-lossless", "jpeg-ls", "jpeg2000", "jpeg2000-components"],
+)
+def test_codestream_contradicting_the_header_is_refused_before_decoding(
+        name, marker, offset, fmt, values, message):
+    """libjpeg sized its buffers from a 65535 x 65535 SOF: gigabytes before failing."""
+    ds = _with_frame_header(name, marker, offset, fmt, values)
+    with pytest.raises(InputRejected, match=message):
+        pixel_format(ds)
+
+
+def test_a_decoder_panic_is_a_refusal_not_a_dead_worker():
+    """RLE with fewer Rows than encoded: pylibjpeg-rle panics; pyo3 raises PanicException, a
+    BaseException that went through every ``except Exception`` and ended the worker thread."""
+    ds = pydicom.dcmread(TS_DIR / "4.dcm")
+    ds.Rows = 200
+    with pytest.raises(InputRejected, match="decoder panicked"):
+        modality_values(ds, pixel_format(ds))
