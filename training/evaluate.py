@@ -131,6 +131,10 @@ def evaluate(
         gains = {name: {"psnr_db": mean["model"]["psnr"] - mean[name]["psnr"],
                         "ssim": mean["model"]["ssim"] - mean[name]["ssim"]}
                  for name in wins}
+        for name in wins:
+            if "psnr_foreground" in mean[name]:
+                gains[name]["psnr_foreground_db"] = (mean["model"]["psnr_foreground"]
+                                                     - mean[name]["psnr_foreground"])
         all_beat = all_beat and all(wins.values())
         result["levels"][level] = {"per_series": rows, "mean": mean, "beats": wins,
                                    "gain": gains}
@@ -182,7 +186,9 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     for level, block in result["levels"].items():
         lines.append(f"  level {level}:")
         for name, m in block["mean"].items():
-            lines.append(f"    {name:12s} PSNR {m['psnr']:7.2f} dB  SSIM {m['ssim']:.4f}")
+            fg = (f"  (foreground PSNR {m['psnr_foreground']:.2f} dB)"
+                  if "psnr_foreground" in m else "")
+            lines.append(f"    {name:12s} PSNR {m['psnr']:7.2f} dB  SSIM {m['ssim']:.4f}{fg}")
         lines.append("    beats: " + ", ".join(f"{k}={'yes' if v else 'NO'}"
                                                for k, v in block["beats"].items()))
     return lines
@@ -197,6 +203,8 @@ def markdown_rows(result: dict[str, Any]) -> list[str]:
         cells = " | ".join(f"{name} {m['psnr']:.2f} / {m['ssim']:.4f}"
                            for name, m in mean.items() if name != "model")
         gains = ", ".join(f"{g['psnr_db']:+.2f} dB vs {name}"
+                          + (f" ({g['psnr_foreground_db']:+.2f} dB in tissue)"
+                             if "psnr_foreground_db" in g else "")
                           for name, g in block["gain"].items())
         verdict = "yes" if all(block["beats"].values()) else "no"
         rows.append(f"| {result['model']} | {level_name} {level} | {mean['model']['psnr']:.2f} / "
