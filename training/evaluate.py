@@ -122,7 +122,8 @@ def evaluate(
         if panels is not None:
             best = max(baselines, key=lambda k: scores[k]["psnr"])
             write_panel(panels / f"{_safe(s.series_uid)}_{level:g}.png", inputs, baselines[best],
-                        best, output, reference, title=f"{model.name} @ {level:g}")
+                        best, output, reference, title=f"{model.name} @ {level:g}",
+                        window=CT_WINDOW if s.modality == "CT" else None)
     all_beat = True
     for level, rows in per_level.items():
         mean = average([r["metrics"] for r in rows])
@@ -151,8 +152,13 @@ def _safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in ".-" else "_" for c in text)[-64:]
 
 
+CT_WINDOW = (-160.0, 240.0)
+"""Soft-tissue window (W 400, L 40): noise is invisible in a CT shown over its full range."""
+
+
 def write_panel(path: Path, inputs: np.ndarray, baseline: np.ndarray, baseline_name: str,
-                output: np.ndarray, reference: np.ndarray, title: str = "") -> None:
+                output: np.ndarray, reference: np.ndarray, title: str = "",
+                window: tuple[float, float] | None = None) -> None:
     """Input, best baseline, model, reference and model - reference, for the middle slice."""
     import matplotlib
 
@@ -160,7 +166,7 @@ def write_panel(path: Path, inputs: np.ndarray, baseline: np.ndarray, baseline_n
     import matplotlib.pyplot as plt
 
     i = len(reference) // 2
-    low, high = np.percentile(reference[i], [1, 99.5])
+    low, high = window or np.percentile(reference[i], [1, 99.5])
     error = output[i] - reference[i]
     limit = float(np.percentile(np.abs(error), 99.5)) or 1.0
     images = [(inputs[i], "input"), (baseline[i], f"baseline: {baseline_name}"),
