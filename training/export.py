@@ -117,6 +117,10 @@ def _training_table(config: Any, meta: Mapping[str, str], history: Mapping[str, 
         "schedule": config.schedule["name"],
         "amp": config.train["amp"],
     }
+    if config.train.get("init_from"):
+        table["fine_tuned_from"] = _relative(str(config.train["init_from"]))
+        table["note"] = ("iterations and seconds are this stage's; the run it was fine-tuned "
+                         "from trained before it")
     return table
 
 
