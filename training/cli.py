@@ -112,6 +112,7 @@ def _run(args: argparse.Namespace) -> int:
         if not result["series"]:
             raise ValueError(f"no series of the model's modalities ({', '.join(model.modalities)})"
                              " in the data")
+        result["validation_data"] = [str(p.resolve()) for p in args.data]
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(result, indent=1))

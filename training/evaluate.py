@@ -121,7 +121,8 @@ def evaluate(
         if panels is not None:
             best = max(baselines, key=lambda k: scores[k]["psnr"])
             write_panel(panels / f"{_safe(s.series_uid)}_{level:g}.png", inputs, baselines[best],
-                        best, output, reference, title=f"{model.name} @ {level:g}")
+                        best, output, reference, title=f"{model.name} @ {level:g}",
+                        window=CT_WINDOW if s.modality == "CT" else None)
     all_beat = True
     for level, rows in per_level.items():
         mean = average([r["metrics"] for r in rows])
@@ -130,6 +131,10 @@ def evaluate(
         gains = {name: {"psnr_db": mean["model"]["psnr"] - mean[name]["psnr"],
                         "ssim": mean["model"]["ssim"] - mean[name]["ssim"]}
                  for name in wins}
+        for name in wins:
+            if "psnr_foreground" in mean[name]:
+                gains[name]["psnr_foreground_db"] = (mean["model"]["psnr_foreground"]
+                                                     - mean[name]["psnr_foreground"])
         all_beat = all_beat and all(wins.values())
         result["levels"][level] = {"per_series": rows, "mean": mean, "beats": wins,
                                    "gain": gains}
@@ -146,8 +151,13 @@ def _safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in ".-" else "_" for c in text)[-64:]
 
 
+CT_WINDOW = (-160.0, 240.0)
+"""Soft-tissue window (W 400, L 40): noise is invisible in a CT shown over its full range."""
+
+
 def write_panel(path: Path, inputs: np.ndarray, baseline: np.ndarray, baseline_name: str,
-                output: np.ndarray, reference: np.ndarray, title: str = "") -> None:
+                output: np.ndarray, reference: np.ndarray, title: str = "",
+                window: tuple[float, float] | None = None) -> None:
     """Input, best baseline, model, reference and model - reference, for the middle slice."""
     import matplotlib
 
@@ -155,7 +165,7 @@ def write_panel(path: Path, inputs: np.ndarray, baseline: np.ndarray, baseline_n
     import matplotlib.pyplot as plt
 
     i = len(reference) // 2
-    low, high = np.percentile(reference[i], [1, 99.5])
+    low, high = window or np.percentile(reference[i], [1, 99.5])
     error = output[i] - reference[i]
     limit = float(np.percentile(np.abs(error), 99.5)) or 1.0
     images = [(inputs[i], "input"), (baseline[i], f"baseline: {baseline_name}"),
@@ -181,7 +191,9 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     for level, block in result["levels"].items():
         lines.append(f"  level {level}:")
         for name, m in block["mean"].items():
-            lines.append(f"    {name:12s} PSNR {m['psnr']:7.2f} dB  SSIM {m['ssim']:.4f}")
+            fg = (f"  (foreground PSNR {m['psnr_foreground']:.2f} dB)"
+                  if "psnr_foreground" in m else "")
+            lines.append(f"    {name:12s} PSNR {m['psnr']:7.2f} dB  SSIM {m['ssim']:.4f}{fg}")
         lines.append("    beats: " + ", ".join(f"{k}={'yes' if v else 'NO'}"
                                                for k, v in block["beats"].items()))
     return lines
@@ -196,6 +208,8 @@ def markdown_rows(result: dict[str, Any]) -> list[str]:
         cells = " | ".join(f"{name} {m['psnr']:.2f} / {m['ssim']:.4f}"
                            for name, m in mean.items() if name != "model")
         gains = ", ".join(f"{g['psnr_db']:+.2f} dB vs {name}"
+                          + (f" ({g['psnr_foreground_db']:+.2f} dB in tissue)"
+                             if "psnr_foreground_db" in g else "")
                           for name, g in block["gain"].items())
         verdict = "yes" if all(block["beats"].values()) else "no"
         rows.append(f"| {result['model']} | {level_name} {level} | {mean['model']['psnr']:.2f} / "

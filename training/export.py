@@ -117,6 +117,10 @@ def _training_table(config: Any, meta: Mapping[str, str], history: Mapping[str, 
         "schedule": config.schedule["name"],
         "amp": config.train["amp"],
     }
+    if config.train.get("init_from"):
+        table["fine_tuned_from"] = _relative(str(config.train["init_from"]))
+        table["note"] = ("iterations and seconds are this stage's; the run it was fine-tuned "
+                         "from trained before it")
     return table
 
 
@@ -133,10 +137,14 @@ def _metrics_table(evaluation: Mapping[str, Any] | None, source: Path) -> dict[s
     if evaluation.get("validation_data"):
         table["validation_data"] = [_relative(p) for p in evaluation["validation_data"]]
     for level, block in evaluation["levels"].items():
-        entry: dict[str, Any] = {name: {"psnr": round(m["psnr"], 3), "ssim": round(m["ssim"], 4)}
-                                 for name, m in block["mean"].items()}
+        entry: dict[str, Any] = {
+            name: {key: round(value, 4 if key == "ssim" else 3) for key, value in m.items()}
+            for name, m in block["mean"].items()}
         entry["beats"] = dict(block["beats"])
         entry["gain_psnr_db"] = {k: round(v["psnr_db"], 3) for k, v in block["gain"].items()}
+        if all("psnr_foreground_db" in v for v in block["gain"].values()):
+            entry["gain_psnr_foreground_db"] = {k: round(v["psnr_foreground_db"], 3)
+                                                for k, v in block["gain"].items()}
         table[f"{evaluation['degradation']['level']}_{level}"] = entry
     return table
 

@@ -10,7 +10,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from dicomnode.degradations import kspace_truncate, zero_filled
 from training.data import load_series, random_crop, random_flip_rotate, split_by_patient
-from training.metrics import average, beats, psnr, series_metrics, ssim
+from training.metrics import average, beats, foreground, psnr, series_metrics, ssim
 from training.tasks import Normalisation, Task, TaskError
 
 
@@ -98,3 +98,9 @@ def test_metrics_match_scikit_image(mr_patients: Path):
     assert not beats({"psnr": 40, "ssim": 0.5}, {"psnr": 30, "ssim": 0.6})  # both must be higher
     with pytest.raises(ValueError, match="shapes differ"):
         psnr(ref, ref[:1])
+    # Foreground PSNR ignores the background: an output wrong only in the air is perfect there.
+    mask = foreground(ref)
+    assert 0.2 < mask.mean() < 1.0
+    wrong_air = np.where(mask, ref, ref + 200)
+    scores = series_metrics(ref, {"x": wrong_air})["x"]
+    assert scores["psnr_foreground"] == float("inf") and scores["psnr"] < 40
