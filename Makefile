@@ -1,17 +1,20 @@
 # dicomnode: set-up, run and test on a fresh Debian/Ubuntu machine.
 #   make serve   create .venv, install, start the node with config.toml
 #   make test    create .venv if needed, install the real peers (DCMTK, Orthanc, dciodvfy), run all tests
+#   make soak    long runs: fuzz the C-STORE handler and the reader for SOAK_MINUTES (default 10)
+#   make reliability  play the hostile corpus against a fresh node, rewrite docs/RELIABILITY.md
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= config.toml
+SOAK_MINUTES ?= 10
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # torch first, pinned: this build is on local disk here; any other request downloads GBs.
 TORCH  := torch==2.13.0
 
-.PHONY: all install serve test test-fast lint peers system demo clean
+.PHONY: all install serve test test-fast lint peers system demo clean soak reliability
 
 all: install
 
@@ -54,6 +57,12 @@ test-fast: install
 
 lint: install
 	$(BIN)/ruff check .
+
+soak: install
+	$(BIN)/python bench/fuzz.py --minutes $(SOAK_MINUTES)
+
+reliability: install peers
+	$(BIN)/python bench/hostile_report.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info
