@@ -1,17 +1,20 @@
 # dicomnode: set-up, run and test on a fresh Debian/Ubuntu machine.
 #   make serve   create .venv, install, start the node with config.toml
 #   make test    create .venv if needed, install the real peers (DCMTK, Orthanc, dciodvfy), run all tests
+#   make soak    long runs: 20 random kill -9 over 10 series, then fuzzing for SOAK_MINUTES (default 10)
+#   make reliability  play the hostile corpus against a fresh node, rewrite docs/RELIABILITY.md
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= config.toml
+SOAK_MINUTES ?= 10
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # torch first, pinned: this build is on local disk here; any other request downloads GBs.
 TORCH  := torch==2.13.0
 
-.PHONY: all install serve test test-fast soak lint peers system clean
+.PHONY: all install serve test test-fast soak reliability lint peers system clean
 
 all: install
 
@@ -52,12 +55,16 @@ test: install peers
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
 
-# Long fault run: 20 random kill -9 over 10 series streaming in and out (minutes).
-soak: install peers
-	SOAK_KILLS=20 SOAK_SERIES=10 $(BIN)/python -m pytest tests/node/test_soak.py -q
-
 lint: install
 	$(BIN)/ruff check .
+
+# Long runs: 20 random kill -9 over 10 series streaming in and out, then fuzzing.
+soak: install peers
+	SOAK_KILLS=20 SOAK_SERIES=10 $(BIN)/python -m pytest tests/node/test_soak.py -q
+	$(BIN)/python bench/fuzz.py --minutes $(SOAK_MINUTES)
+
+reliability: install peers
+	$(BIN)/python bench/hostile_report.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info

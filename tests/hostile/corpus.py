@@ -492,7 +492,7 @@ def wrong_vr_series_uid_binary() -> Payload:
 
 
 @case(net=(CANNOT_UNDERSTAND, "unknown VR"),
-      enhance="refused: cannot read unknown_vr-unknown_vr.dcm: NotImplementedError: Unknown Value "
+      enhance="skipped: unreadable DICOM header: NotImplementedError: Unknown Value "
               "Representation 'ZZ'")
 def unknown_vr() -> Payload:
     """Station Name written with the non-existent VR 'ZZ'."""
@@ -504,7 +504,7 @@ def unknown_vr() -> Payload:
 
 
 @case(net=(CANNOT_UNDERSTAND, "(US) has length 3"),
-      enhance=("refused: cannot read", "even multiple"))
+      enhance=("skipped: unreadable DICOM header", "even multiple"))
 def odd_length_us() -> Payload:
     """Columns (US) with a 3-byte value."""
     part = base("odd_length_us")
@@ -549,7 +549,7 @@ def unterminated_sequence() -> Payload:
                                  new),))
 
 
-@case(net=CANNOT_UNDERSTAND, enhance="refused: cannot read")
+@case(net=CANNOT_UNDERSTAND, enhance="skipped: unreadable DICOM header")
 def item_longer_than_sequence() -> Payload:
     """A sequence item whose length runs past the end of its sequence and the file."""
     part = base("item_longer_than_sequence")

@@ -30,6 +30,7 @@ from dicomnode.files import encode_dataset
 from dicomnode.pixels import modality_values, pixel_format
 from dicomnode.scp import Receiver
 from dicomnode.series import scan_files
+from dicomnode.spool import Spool, parse_header
 from dicomnode.zoo import Enhancer, load_model
 from tests.hostile import corpus
 from tests.hostile.corpus import Part10, lenient
@@ -124,6 +125,7 @@ class StoreTarget:
 
     def __init__(self, folder: Path) -> None:
         self.receiver = Receiver(folder, min_free_disk_mb=0)
+        self.spool = Spool(folder)  # to ask where an accepted instance must be
         self.checker = SpoolChecker(folder)
         self.folder = folder
         self.statuses: dict[int, int] = {}
@@ -139,10 +141,8 @@ def check_store(target: StoreTarget, part: Part10, request_uid: str | None = Non
     target.statuses[status] = target.statuses.get(status, 0) + 1
     if status == 0x0000:
         with lenient():
-            from dicomnode.spool import parse_header
-
             header = parse_header(part.data)
-        path = target.receiver._spool().instance_path(header.series_uid, header.sop_uid)
+        path = target.spool.instance_path(header.series_uid, header.sop_uid)
         assert path.read_bytes() == part.data, "stored bytes differ from the received ones"
     problems = target.checker.problems()
     assert not problems, problems

@@ -11,6 +11,7 @@ import io
 import re
 import shutil
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -233,8 +234,6 @@ class _Pause:
     """A wait that is not a sleep: an Event nobody sets, waited on with a timeout."""
 
     def __init__(self) -> None:
-        import threading
-
         self._event = threading.Event()
 
     def wait(self, seconds: float) -> None:
