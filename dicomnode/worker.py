@@ -117,7 +117,14 @@ class Worker(threading.Thread):
                     continue
                 self.busy = True
                 started = time.perf_counter()
-                ok = process_job(self.config, spool, job, self.models)
+                try:
+                    ok = process_job(self.config, spool, job, self.models)
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except BaseException as exc:  # e.g. a native decoder's panic: keep the worker
+                    log.exception("job_crashed job=%s", job.id)
+                    spool.fail_job(job, f"internal error: {type(exc).__name__}: {exc}")
+                    ok = False
                 self.busy = False
                 if self.on_job is not None:
                     self.on_job(job, ok, time.perf_counter() - started)
