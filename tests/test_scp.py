@@ -20,7 +20,9 @@ def test_a_good_instance_is_stored_byte_for_byte(receiver: Receiver, tmp_path: P
     part = base("scp_good")
     assert status_of(receiver.handle_store(store_event(part))) == 0x0000
     (stored,) = (tmp_path / "spool" / "series").rglob("*.dcm")
-    assert stored.read_bytes() == part.data
+    data = stored.read_bytes()
+    # The dataset exactly as received, behind the node's own Part 10 header.
+    assert data.endswith(part.dataset) and data[128:132] == b"DICM"
     assert SpoolChecker(tmp_path).problems() == []
 
 

@@ -479,15 +479,26 @@ class FakeRequest:
 
 @dataclass
 class FakeStoreEvent:
-    """The three things ``Receiver.handle_store`` reads of a pynetdicom event (our seam)."""
+    """What ``Receiver.handle_store`` reads of a pynetdicom event (our seam): the request, the
+    calling AE, the accepted transfer syntax and the dataset bytes as received."""
 
-    data: bytes
+    data: bytes  # the whole Part 10 file
     request: FakeRequest
+    transfer_syntax: str = "1.2.840.10008.1.2.1"
+    dataset_offset: int = 0
     assoc: object = field(default_factory=lambda: _FakeAssociation())
 
+    @property
+    def context(self) -> _FakeContext:
+        return _FakeContext(self.transfer_syntax)
+
     def encoded_dataset(self, include_meta: bool = True) -> bytes:
-        assert include_meta
-        return self.data
+        return self.data if include_meta else self.data[self.dataset_offset:]
+
+
+@dataclass
+class _FakeContext:
+    transfer_syntax: str
 
 
 @dataclass
@@ -502,7 +513,8 @@ class _FakeAssociation:
 
 def store_event(part: Part10) -> FakeStoreEvent:
     """What pynetdicom hands the handler for ``part``: file meta plus the dataset bytes."""
-    return FakeStoreEvent(part.data, FakeRequest(part.sop_uid, part.sop_class))
+    return FakeStoreEvent(part.data, FakeRequest(part.sop_uid, part.sop_class),
+                          part.transfer_syntax, part.dataset_offset)
 
 
 def status_of(result: object) -> int:
