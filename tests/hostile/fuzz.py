@@ -26,7 +26,7 @@ from pydicom.filebase import DicomBytesIO
 from dicomnode.derive import Derivation
 from dicomnode.enhance import derivation_for, enhance_series
 from dicomnode.errors import DicomNodeError, InputRejected
-from dicomnode.files import encode_dataset
+from dicomnode.files import encode_dataset, part10_header
 from dicomnode.pixels import modality_values, pixel_format
 from dicomnode.scp import Receiver
 from dicomnode.series import scan_files
@@ -140,8 +140,13 @@ def check_store(target: StoreTarget, part: Part10, request_uid: str | None = Non
     assert status in ALLOWED_STATUSES, f"status 0x{status:04X}"
     target.statuses[status] = target.statuses.get(status, 0) + 1
     if status == 0x0000:
+        # What the node stored: its own Part 10 header, then the dataset as received (a
+        # mutated preamble or file meta of the sender's file plays no part).
+        received = part10_header(str(event.request.AffectedSOPClassUID or ""),
+                                 str(event.request.AffectedSOPInstanceUID or ""),
+                                 part.transfer_syntax) + part.dataset
         with lenient():
-            header = parse_header(part.data)
+            header = parse_header(received)
         path = target.spool.instance_path(header.series_uid, header.sop_uid)
         assert path.read_bytes().endswith(part.dataset), "stored dataset differs from received"
     problems = target.checker.problems()
