@@ -24,6 +24,20 @@ STORESCP = "/usr/bin/storescp"
 ORTHANC = "/usr/sbin/Orthanc"
 
 
+def read_index(storage_dir: Path, sql: str, args: tuple = ()) -> list[tuple]:
+    """Query a node's SQLite index read-only; empty before the node created it."""
+    import sqlite3
+
+    path = storage_dir / "index.sqlite"
+    if not path.exists():
+        return []
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        return db.execute(sql, args).fetchall()
+    finally:
+        db.close()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -158,16 +172,7 @@ class NodeProcess:
 
     def query(self, sql: str, args: tuple = ()) -> list[tuple]:
         """Read the node's SQLite index directly (fast enough to poll every few ms)."""
-        import sqlite3
-
-        path = self.workdir / "var" / "index.sqlite"
-        if not path.exists():
-            return []
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-        try:
-            return db.execute(sql, args).fetchall()
-        finally:
-            db.close()
+        return read_index(self.workdir / "var", sql, args)
 
     def job_states(self) -> list[str]:
         return [row[0] for row in self.query("SELECT state FROM jobs")]

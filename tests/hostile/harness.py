@@ -10,7 +10,6 @@ import contextlib
 import io
 import re
 import shutil
-import sqlite3
 import threading
 import time
 from collections.abc import Iterable
@@ -31,6 +30,7 @@ from tests.hostile.corpus import (
     good_mr_paths,
     lenient,
 )
+from tests.peers import read_index
 
 MODEL = "bicubic-x2"
 SUFFIX = " [dicomnode SRx2]"
@@ -119,14 +119,7 @@ def echo(port: int) -> str:
 
 
 def query(storage_dir: Path, sql: str, args: tuple = ()) -> list[tuple]:
-    path = storage_dir / "index.sqlite"
-    if not path.exists():
-        return []
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-    try:
-        return db.execute(sql, args).fetchall()
-    finally:
-        db.close()
+    return read_index(storage_dir, sql, args)
 
 
 @dataclass
