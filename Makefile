@@ -1,8 +1,10 @@
 # dicomnode: set-up, run and test on a fresh Debian/Ubuntu machine.
 #   make serve   create .venv, install, start the node with config.toml
 #   make test    create .venv if needed, install the real peers (DCMTK, Orthanc, dciodvfy), run all tests
-#   make soak    long runs: 20 random kill -9 over 10 series, then fuzzing for SOAK_MINUTES (default 10)
-#   make reliability  play the hostile corpus against a fresh node, rewrite docs/RELIABILITY.md
+#   make soak    long runs: the fault tests with 20 random kill -9 over 10 series (their counts
+#                go to docs/RELIABILITY.md), then fuzzing for SOAK_MINUTES (default 10)
+#   make reliability  play the hostile corpus and the fault tests against fresh nodes,
+#                rewrite both tables of docs/RELIABILITY.md
 
 PYTHON ?= python3
 VENV   := .venv
@@ -60,11 +62,12 @@ lint: install
 
 # Long runs: 20 random kill -9 over 10 series streaming in and out, then fuzzing.
 soak: install peers
-	SOAK_KILLS=20 SOAK_SERIES=10 $(BIN)/python -m pytest tests/node/test_soak.py -q
+	$(BIN)/python bench/fault_report.py --soak
 	$(BIN)/python bench/fuzz.py --minutes $(SOAK_MINUTES)
 
 reliability: install peers
 	$(BIN)/python bench/hostile_report.py
+	$(BIN)/python bench/fault_report.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info

@@ -22,7 +22,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
-from dicomnode import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from dicomnode import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, pynetdicom_patches
 from dicomnode.config import NodeConfig
 from dicomnode.errors import InputRejected
 from dicomnode.files import part10_header
@@ -131,6 +131,7 @@ def _log_released(event: evt.Event) -> None:
 
 def build_ae(node: NodeConfig) -> AE:
     """An AE that accepts Verification and every Storage SOP Class in every transfer syntax."""
+    pynetdicom_patches.apply()
     ae = AE(ae_title=node.ae_title)
     ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
     ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME

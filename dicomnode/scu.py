@@ -21,7 +21,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 
-from dicomnode import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from dicomnode import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, pynetdicom_patches
 from dicomnode.config import Config, Destination
 from dicomnode.errors import SendError
 from dicomnode.files import atomic_write_bytes, safe_name
@@ -67,6 +67,7 @@ def classify_status(code: int) -> tuple[bool, bool]:
 def send_dicom(destination: Destination, deliveries: list[Delivery],
                timeout: float = DIMSE_TIMEOUT) -> list[Outcome]:
     """Send a batch on one association and classify every instance's result."""
+    pynetdicom_patches.apply()
     ae = AE(ae_title=destination.calling_ae_title)
     ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
     ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME

@@ -26,7 +26,7 @@ from pydicom.tag import BaseTag
 
 from dicomnode.errors import InputRejected
 from dicomnode.files import atomic_write_bytes, safe_name
-from dicomnode.structure import check_part10
+from dicomnode.structure import TRANSFER_SYNTAX_TAG, check_part10, walk_part10
 
 SERIES_STATES = (
     "receiving", "stable", "queued", "processing", "derived", "sending", "done", "failed",
@@ -126,6 +126,12 @@ def parse_header(data: bytes) -> InstanceHeader:
     truncated or lying dataset is refused although its values are never decoded.
     Raises InputRejected naming what is missing or unreadable.
     """
+    header = _header_from_walk(data)
+    return header if header is not None else _header_from_pydicom(data)
+
+
+def _header_from_pydicom(data: bytes) -> InstanceHeader:
+    """pydicom's reader: for what the walk cannot read (no file meta, deflated)."""
     try:
         ds = pydicom.filereader.read_partial(
             io.BytesIO(data), stop_when=lambda tag, vr, length: tag > _LAST_HEADER_TAG,
@@ -150,6 +156,40 @@ def parse_header(data: bytes) -> InstanceHeader:
         sop_uid=values["SOPInstanceUID"], sop_class_uid=values["SOPClassUID"],
         series_uid=values["SeriesInstanceUID"], study_uid=values["StudyInstanceUID"],
         modality=str(ds.get("Modality", "") or "")[:16], transfer_syntax=syntax,
+    )
+
+
+_WALKED_TAGS = {0x00080016: "SOPClassUID", 0x00080018: "SOPInstanceUID",
+                0x0020000E: "SeriesInstanceUID", 0x0020000D: "StudyInstanceUID"}
+_MODALITY_TAG = 0x00080060
+
+
+def _header_from_walk(data: bytes) -> InstanceHeader | None:
+    """The same header from the structure walk alone (~4x cheaper than pydicom's reader).
+
+    UIDs and Modality are plain ASCII by definition (UI, CS), so their raw bytes are the
+    value; anything that needs a real parser (no file meta, deflated) returns None.
+    """
+    found = walk_part10(data, frozenset(_WALKED_TAGS) | {_MODALITY_TAG})
+    if found is None:
+        return None
+    values = {}
+    for tag, keyword in _WALKED_TAGS.items():
+        value = found.get(tag, b"").decode("latin-1").strip("\0 \t\r\n")
+        if "\\" in value or not value.isprintable():
+            return None  # several values or binary bytes: read them as pydicom (and the
+            # worker, and the C-STORE request's decoder) will, so all agree on the text
+        if not value:
+            raise InputRejected(f"{keyword} is missing or empty")
+        if len(value) > 64:
+            raise InputRejected(f"{keyword} is {len(value)} characters long (at most 64)")
+        values[keyword] = value
+    syntax = found.get(TRANSFER_SYNTAX_TAG, b"").decode("latin-1").strip("\0 ")
+    modality = found.get(_MODALITY_TAG, b"").decode("latin-1").strip("\0 ")
+    return InstanceHeader(
+        sop_uid=values["SOPInstanceUID"], sop_class_uid=values["SOPClassUID"],
+        series_uid=values["SeriesInstanceUID"], study_uid=values["StudyInstanceUID"],
+        modality=modality[:16], transfer_syntax=syntax,
     )
 
 

@@ -49,9 +49,34 @@ def check_part10(data: bytes, transfer_syntax: str) -> None:
     walker.dataset(position, len(data), depth=0, trailing_zeros=True)
 
 
+TRANSFER_SYNTAX_TAG = 0x00020010
+
+
+def walk_part10(data: bytes, wanted: frozenset[int]) -> dict[int, bytes] | None:
+    """Check a Part 10 byte string like :func:`check_part10` and return the raw values of the
+    top-level elements in ``wanted`` (and the Transfer Syntax UID), as the walk passes them.
+
+    None when the bytes have no file meta or a deflated dataset: the caller then needs a
+    real parser. Values are returned undecoded; the caller decides what they must be.
+    """
+    if data[128:132] != b"DICM":
+        return None
+    walker = _Walker(data, implicit=False, little=True, wanted=wanted | {TRANSFER_SYNTAX_TAG})
+    position = walker.meta(132)
+    syntax = walker.found.get(TRANSFER_SYNTAX_TAG, b"").decode("latin-1").strip("\0 ")
+    if syntax in _DEFLATED:
+        return None
+    walker.mode(implicit=syntax == _IMPLICIT_LE, little=syntax != _BIG_ENDIAN)
+    walker.dataset(position, len(data), depth=0, trailing_zeros=True)
+    return walker.found
+
+
 class _Walker:
-    def __init__(self, data: bytes, implicit: bool, little: bool) -> None:
+    def __init__(self, data: bytes, implicit: bool, little: bool,
+                 wanted: frozenset[int] = frozenset()) -> None:
         self.data = data
+        self.wanted = wanted
+        self.found: dict[int, bytes] = {}
         self.mode(implicit, little)
 
     def mode(self, implicit: bool, little: bool) -> None:
@@ -129,6 +154,8 @@ class _Walker:
         if size is not None and length % size:
             raise self._error(position, f"{_text(group << 16 | element)} ({vr.decode()}) has "
                                         f"length {length}, not a multiple of {size}")
+        if depth == 0 and group << 16 | element in self.wanted:
+            self.found.setdefault(group << 16 | element, self.data[position:position + length])
         if vr == b"SQ":
             self._sequence(position, position + length, depth + 1, group << 16 | element,
                            defined=True)

@@ -7,6 +7,7 @@ message naming what to fix, 2 usage error. Expected errors never print a traceba
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -43,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true",
                        help="continue from the run folder's checkpoint")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--minutes", type=float, default=None,
+                       help="override [train] time_limit_minutes (a short run)")
 
     evaluate = sub.add_parser("evaluate", help="metrics of a model against the baselines")
     evaluate.add_argument("--model", required=True, help="model name in the zoo, or a "
@@ -91,8 +94,13 @@ def _run(args: argparse.Namespace) -> int:
         from training.config import load_config
         from training.train import train
 
-        run = train(load_config(args.config), resume=args.resume,
-                    progress=not args.no_progress)
+        config = load_config(args.config)
+        if args.minutes is not None:
+            if args.minutes <= 0:
+                raise ValueError(f"--minutes must be positive, got {args.minutes}")
+            config = dataclasses.replace(
+                config, train={**config.train, "time_limit_minutes": args.minutes})
+        run = train(config, resume=args.resume, progress=not args.no_progress)
         print(f"run folder: {run}")
         return 0
     if args.command == "evaluate":

@@ -14,6 +14,12 @@ low resolution and so costs almost nothing. All features stay at the input resol
 Paper size (the defaults): 52 features, 6 blocks, 16 ESA channels. Scales
 2, 3 and 4 as in the paper; x8 uses the same single conv + PixelShuffle(8) tail (64 sub-pixel
 channels), which keeps all computation at low resolution.
+
+``base = "zero_filled"`` (our addition, for MR acquired with a small matrix) adds the network's
+output to the zero-filled k-space interpolation of the input: the net only has to learn what
+zero filling cannot give (the missing high frequencies), which the paper's plain PixelShuffle
+tail must otherwise learn from scratch, low frequencies included. All computation stays at the
+input resolution; the FFTs cost O(n log n) at the output size.
 """
 
 from __future__ import annotations
@@ -89,8 +95,10 @@ class RLFN(nn.Module):
         num_features: int = 52,
         num_blocks: int = 6,
         esa_channels: int = 16,
+        base: str = "none",
     ) -> None:
         super().__init__()
+        self.base = check_choice("base", base, BASES)
         self.in_channels, self.out_channels = check_channels(in_channels, out_channels)
         self.scale = check_choice("scale", scale, self.supported_scales)
         nf = check_int("num_features", num_features)
@@ -103,8 +111,33 @@ class RLFN(nn.Module):
             nn.Conv2d(nf, self.out_channels * self.scale * self.scale, 3, 1, 1),
             nn.PixelShuffle(self.scale),
         )
+        if self.base == "zero_filled":  # start as the zero-filled image exactly
+            nn.init.zeros_(self.upsample[0].weight)
+            nn.init.zeros_(self.upsample[0].bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Low-resolution features with a long skip, one sub-pixel upsampling at the end."""
         feat = self.conv_first(x)
-        return self.upsample(feat + self.conv_body(self.blocks(feat)))
+        out = self.upsample(feat + self.conv_body(self.blocks(feat)))
+        if self.base == "zero_filled":
+            centre = x[:, x.shape[1] // 2: x.shape[1] // 2 + 1]  # 2.5D: the slice itself
+            out = out + zero_filled(centre, self.scale)
+        return out
+
+
+BASES = ("none", "zero_filled")
+
+
+def _centre(full: int, part: int) -> slice:
+    start = full // 2 - part // 2  # as dicomnode.degradations: DC term at n // 2
+    return slice(start, start + part)
+
+
+def zero_filled(low: torch.Tensor, factor: int) -> torch.Tensor:
+    """Zero-filled k-space interpolation (``dicomnode.degradations.zero_filled``) in torch."""
+    height, width = low.shape[-2:]
+    spectrum = torch.fft.fftshift(torch.fft.fft2(low.float()), dim=(-2, -1))
+    padded = spectrum.new_zeros((*low.shape[:-2], height * factor, width * factor))
+    padded[..., _centre(height * factor, height), _centre(width * factor, width)] = spectrum
+    full = torch.fft.ifft2(torch.fft.ifftshift(padded, dim=(-2, -1)))
+    return (full.abs() * (factor * factor)).to(low.dtype)

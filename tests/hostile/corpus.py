@@ -593,7 +593,7 @@ def _nested(depth: int) -> bytes:
     return (open_ + item) * depth + close * depth
 
 
-@case(net=(CANNOT_UNDERSTAND, "recursion"), enhance="skipped")
+@case(net=(CANNOT_UNDERSTAND, "nested deeper than 64"), enhance="skipped")
 def deeply_nested_sequences() -> Payload:
     """Referenced Image Sequence nested 5000 levels deep (80 KB)."""
     part = base("deeply_nested_sequences")

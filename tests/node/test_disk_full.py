@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import MR_DIR
+from tests.fault_record import record
 from tests.peers import NodeProcess, storescu, wait_for
 
 pytestmark = [pytest.mark.network]
@@ -73,6 +74,9 @@ def test_threshold_answers_a700_then_recovers(small_disk: Path, tmp_path: Path):
     storescu(MR_DIR, node.port)
     wait_for(lambda: node.query("SELECT COUNT(*) FROM instances")[0][0] == 35, 30,
              "all 35 instances after space returned")
+    record("spool disk below min_free_disk_mb (0xA700), then space returns", 35,
+           node.query("SELECT COUNT(*) FROM instances")[0][0],
+           note="refused while full; the modality resent after")
     _spool_consistent(node)
     assert node.stop() == 0
 
@@ -87,9 +91,13 @@ def test_write_error_answers_a700_and_leaves_no_partial_file(small_disk: Path, t
     node.workdir = small_disk
     node.start()
     _fill(small_disk, leave_mb=2)  # room for a few instances, then ENOSPC mid-write
-    result = storescu(MR_DIR, node.port, check=False)
+    result = storescu(MR_DIR, node.port, check=False, extra=["-v"])
     assert result.returncode != 0
     stored = node.query("SELECT COUNT(*) FROM instances")[0][0]
+    acknowledged = (result.stdout + result.stderr).count("Received Store Response (Success)")
+    record("disk fills up mid-write (ENOSPC, 0xA700)", acknowledged, stored,
+           note="expected = instances the node answered Success")
+    assert stored == acknowledged  # every Success is in the index, nothing else is
     assert 0 < stored < 35
     _spool_consistent(node)
     assert not list((small_disk / "var" / "spool" / "tmp").iterdir())

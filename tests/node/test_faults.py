@@ -13,6 +13,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage
 
 from tests.conftest import MR_DIR
+from tests.fault_record import record
 from tests.node.conftest import MR_COUNT, pacs_destination, sr_rule
 from tests.peers import Orthanc, storescu, wait_for
 
@@ -24,10 +25,11 @@ def denoise_rule() -> str:
             'destinations = ["pacs"]\n')
 
 
-def _assert_exactly_once(orthanc: Orthanc, node) -> None:
+def _assert_exactly_once(orthanc: Orthanc, node, fault: str) -> None:
     uids = orthanc.sop_instance_uids()
-    assert len(uids) == MR_COUNT and len(set(uids)) == MR_COUNT
     received = node.query("SELECT COUNT(*) FROM instances")[0][0]
+    record(fault, MR_COUNT, received, uids)
+    assert len(uids) == MR_COUNT and len(set(uids)) == MR_COUNT
     assert received == MR_COUNT  # no received instance lost
 
 
@@ -42,7 +44,7 @@ def test_kill9_while_processing_then_restart(orthanc: Orthanc, node_factory):
     assert orthanc.instance_count() == 0
     node.start()
     wait_for(lambda: node.job_states() == ["done"], 120, "the job to finish after restart")
-    _assert_exactly_once(orthanc, node)
+    _assert_exactly_once(orthanc, node, "kill -9 while a job is processing, restart")
     assert "requeued_jobs=1" in node.log_text()
     node.stop()
 
@@ -59,7 +61,7 @@ def test_kill9_while_sending_then_restart(orthanc: Orthanc, node_factory):
     assert at_kill < MR_COUNT
     node.start()
     wait_for(lambda: node.job_states() == ["done"], 120, "delivery after restart")
-    _assert_exactly_once(orthanc, node)
+    _assert_exactly_once(orthanc, node, "kill -9 while a series is being sent, restart")
     node.stop()
 
 
@@ -77,6 +79,8 @@ def test_pacs_outage_is_retried_with_backoff(orthanc: Orthanc, node_factory):
     assert 2 <= attempts <= 4  # 5 s, then 10 s, then 20 s: backoff, not a busy loop
     orthanc.start()
     wait_for(lambda: node.job_states() == ["done"], 90, "delivery after the outage")
+    record("PACS down for 30 s", MR_COUNT, node.query("SELECT COUNT(*) FROM instances")[0][0],
+           orthanc.sop_instance_uids(), note=f"{attempts} attempts during the outage")
     assert orthanc.instance_count() == MR_COUNT
     log = node.log_text()
     assert "batch_sent" in log and "cannot connect" in log and "retry_in=" in log
@@ -185,5 +189,5 @@ def test_sigterm_during_work_exits_cleanly_and_resumes(orthanc: Orthanc, node_fa
     assert node.job_states() in (["sending"], ["done"])  # the job in flight was finished
     node.start()
     wait_for(lambda: node.job_states() == ["done"], 120, "the work to resume and finish")
-    _assert_exactly_once(orthanc, node)
+    _assert_exactly_once(orthanc, node, "SIGTERM while processing, restart")
     node.stop()

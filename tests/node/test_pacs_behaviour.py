@@ -15,6 +15,7 @@ import pytest
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
 from tests.conftest import MR_DIR
+from tests.fault_record import record
 from tests.node.conftest import MR_COUNT, sr_rule
 from tests.peers import NodeProcess, free_port, storescu, wait_for
 
@@ -28,6 +29,7 @@ class ScriptedPacs:
         self.answer, self.delay = answer, delay
         self.attempts: Counter[str] = Counter()
         self.accepted: set[str] = set()
+        self.acknowledged: list[str] = []  # every Success, so a resend shows as a duplicate
         self.port = free_port()
         self._lock = threading.Lock()
         ae = AE(ae_title="SCRIPTED")
@@ -47,6 +49,7 @@ class ScriptedPacs:
         if status == 0:
             with self._lock:
                 self.accepted.add(uid)
+                self.acknowledged.append(uid)
         return status
 
     def destination(self) -> str:
@@ -74,10 +77,15 @@ def run_node(tmp_path: Path) -> Iterator[Callable[[ScriptedPacs], NodeProcess]]:
         pacs.stop()
 
 
+def _received(node: NodeProcess) -> int:
+    return node.query("SELECT COUNT(*) FROM instances")[0][0]
+
+
 def test_slow_pacs_gets_everything_once(run_node):
     pacs = ScriptedPacs(lambda uid, attempt: 0x0000, delay=0.2)
     node = run_node(pacs)
     wait_for(lambda: node.job_states() == ["done"], 120, "delivery to the slow PACS")
+    record("slow PACS (0.2 s per C-STORE)", MR_COUNT, _received(node), pacs.acknowledged)
     assert len(pacs.accepted) == MR_COUNT
     assert set(pacs.attempts.values()) == {1}  # slow is not failed: nothing resent
 
@@ -86,6 +94,8 @@ def test_out_of_resources_is_retried_with_backoff(run_node):
     pacs = ScriptedPacs(lambda uid, attempt: 0xA700 if attempt == 1 else 0x0000)
     node = run_node(pacs)
     wait_for(lambda: node.job_states() == ["done"], 120, "delivery after 0xA700")
+    record("PACS answers 0xA700 (out of resources) once", MR_COUNT, _received(node),
+           pacs.acknowledged)
     assert len(pacs.accepted) == MR_COUNT
     first, second = node.query(
         "SELECT MIN(first_attempt_at), MAX(updated_at) FROM deliveries")[0]
@@ -110,4 +120,6 @@ def test_one_refused_instance_fails_alone_and_can_be_retried(run_node):
     assert "C-STORE status 0xC000" in status
     assert node.cli("retry", "--failed").returncode == 0
     wait_for(lambda: node.job_states() == ["done"], 60, "the retried instance")
+    record("PACS refuses one instance (0xC000), then `retry --failed`", MR_COUNT,
+           _received(node), pacs.acknowledged)
     assert len(pacs.accepted) == MR_COUNT

@@ -16,6 +16,7 @@ import pydicom
 import pytest
 
 from tests.conftest import MR_DIR
+from tests.fault_record import record
 from tests.node.conftest import pacs_destination, sr_rule
 from tests.peers import NodeProcess, Orthanc, port_open, storescu, wait_for
 
@@ -77,8 +78,10 @@ def test_random_kill9_loses_and_duplicates_nothing(tmp_path: Path):
         expected = SERIES * SLICES
         wait_for(lambda: node.job_states() == ["done"] * SERIES, 600, "every job done")
         received = node.query("SELECT COUNT(*) FROM instances")[0][0]
-        assert received == expected  # 0 lost
         uids = pacs.sop_instance_uids()
+        record(f"{KILLS} random kill -9 while {SERIES} series stream in and out", expected,
+               received, uids)
+        assert received == expected  # 0 lost
         assert len(uids) == expected and len(set(uids)) == expected  # 0 lost, 0 duplicated
         assert node.stop() == 0
     finally:

@@ -209,3 +209,15 @@ def test_init_from_starts_from_another_runs_weights(mr_patients: Path, tmp_path:
     tuned = train(parse_config(raw), progress=False)
     a, b = load_file(str(source / CHECKPOINT)), load_file(str(tuned / CHECKPOINT))
     assert all(torch.equal(a[k], b[k]) for k in a if k.endswith("weight"))
+
+
+def test_cli_minutes_cuts_a_run_short(mr_patients: Path, tmp_path: Path):
+    """`train --minutes` overrides the config's time limit: a long config stops early."""
+    raw = _config(mr_patients, tmp_path / "short", train={"iterations": 100000,
+                                                          "val_every": 100000})
+    path = tmp_path / "long.toml"
+    path.write_text(dumps_toml(raw))
+    assert cli.main(["train", str(path), "--no-progress", "--minutes", "0.02"]) == 0
+    history = json.loads((tmp_path / "short" / HISTORY).read_text())
+    assert 0 < history["iteration"][-1] < 100000
+    assert cli.main(["train", str(path), "--minutes", "0"]) == 1
