@@ -22,6 +22,10 @@ change only *how long a thread waits and how it reads*:
   anything unusual (OffendingElement, a tiny peer PDU limit, an EVT_DIMSE_SENT handler)
   takes pynetdicom's own path;
 - pynetdicom's "standard" debug-dump handlers are switched off (``LOG_HANDLER_LEVEL``);
+- a requestor treats "socket no longer connected" after its connect as "could not connect",
+  although a fast peer may already have answered A-ASSOCIATE-RJ and closed (a race the 1 ms
+  polling hid): a rejection then looked like an abort, so a permanent rejection was retried.
+  The requestor now reads the answer when one is already queued;
 - each new association copies the server's presentation contexts (every storage class x
   every transfer syntax: ~7,900 UIDs) with ``deepcopy``, which re-validates every UID:
   ~120 ms before the first byte of a sender that opens one association per image. The
@@ -47,6 +51,7 @@ from typing import Any
 
 import pynetdicom
 from pynetdicom import _config, evt
+from pynetdicom import acse as _acse
 from pynetdicom import association as _association
 from pynetdicom import dimse as _dimse
 from pynetdicom import dul as _dul
@@ -116,6 +121,7 @@ def apply() -> bool:
         _transport.AssociationSocket.recv = _recv_exact  # type: ignore[method-assign]
         _patch_send_msg()
         _transport.deepcopy = _copy_contexts  # type: ignore[attr-defined]
+        _acse.ACSE.socket = property(_negotiation_socket)  # type: ignore[assignment]
         _applied = True
         return True
 
@@ -327,6 +333,30 @@ def _recv_exact(self: Any, nr_bytes: int) -> bytearray:
 
 
 # -- Association set-up ----------------------------------------------------------------------
+
+class _NegotiationSocket:
+    """The DUL's socket as ``ACSE._negotiate_as_requestor`` checks it after connecting.
+
+    "Connected" also when the peer's answer is already queued: a peer that rejects at once
+    and closes leaves the socket closed before the requestor looks, and its A-ASSOCIATE-RJ
+    must still be read as a rejection, not as a failure to connect.
+    """
+
+    def __init__(self, sock: Any, dul: Any) -> None:
+        self._sock, self._dul = sock, dul
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+    @property
+    def _is_connected(self) -> bool:
+        return bool(self._sock._is_connected) or not self._dul.to_user_queue.empty()
+
+
+def _negotiation_socket(self: Any) -> Any:
+    sock = self.assoc.dul.socket
+    return None if sock is None else _NegotiationSocket(sock, self.assoc.dul)
+
 
 def _copy_contexts(value: Any, memo: Any = None) -> Any:
     """``deepcopy`` as transport.py uses it, cheap for a list of presentation contexts."""

@@ -235,3 +235,27 @@ def test_a_short_read_returns_what_arrived():
     right.close()
     assert pynetdicom_patches._recv_exact(Holder(), 20) == struct.pack(">BBL", 4, 0, 100) + b"abc"
     left.close()
+
+
+def test_a_fast_rejection_is_a_rejection_and_a_closed_port_is_not():
+    """A peer that rejects and closes at once (Orthanc does) must read as rejected: with the
+    reactors no longer polling, the socket can be closed before the requestor looks at it."""
+    port = free_port()
+    ae = AE(ae_title="PATCHED")
+    ae.require_called_aet = True
+    ae.add_supported_context(Verification)
+    server = ae.start_server(("127.0.0.1", port), block=False)
+    try:
+        outcomes = []
+        for _ in range(20):
+            requestor = AE(ae_title="NODE")
+            requestor.add_requested_context(Verification)
+            assoc = requestor.associate("127.0.0.1", port, ae_title="SOMEONEELSE")
+            outcomes.append((assoc.is_rejected, assoc.is_aborted, assoc.is_established))
+        assert set(outcomes) == {(True, False, False)}
+    finally:
+        server.shutdown()
+    requestor = AE(ae_title="NODE")
+    requestor.add_requested_context(Verification)
+    assoc = requestor.associate("127.0.0.1", free_port(), ae_title="NOBODY")
+    assert not assoc.is_rejected and not assoc.is_established and assoc.is_aborted

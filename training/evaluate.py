@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from dicomnode.guards import apply_guards, default_guards
 from dicomnode.nets import build_network
 from dicomnode.zoo import load_card, verify_weights
 from training.config import parse_config
@@ -39,13 +40,28 @@ class LoadedModel:
     norm: Normalisation
     channels: int
     modalities: tuple[str, ...]
+    guards: tuple[str, ...] = ()
 
     @property
     def scale(self) -> int:
         return self.task.scale
 
+    def predict(self, inputs: np.ndarray, device: str = "cpu", amp: str = "none") -> np.ndarray:
+        """The network's output after the same guards the node applies to this model."""
+        output = predict_series(self.network, inputs, self.norm, scale=self.scale,
+                                channels=self.channels, device=device, amp=amp)
+        return guarded(self.guards, output, inputs, self.task)
+
     def accepts(self, modality: str) -> bool:
         return "*" in self.modalities or modality.upper() in self.modalities
+
+
+def guarded(guards: tuple[str, ...], output: np.ndarray, inputs: np.ndarray,
+            task: Task) -> np.ndarray:
+    """``dicomnode.guards`` on a prediction, so a card's numbers are the node's output's."""
+    if not guards:
+        return output
+    return apply_guards(guards, output, inputs, task.scale, degradation=task.kind)
 
 
 def load_model(name_or_checkpoint: str, models_dir: Path | None = None) -> LoadedModel:
@@ -65,7 +81,7 @@ def load_model(name_or_checkpoint: str, models_dir: Path | None = None) -> Loade
         network = setup.build_generator()
         network.load_state_dict(weights)
         return LoadedModel(config.name, network.eval(), setup.task, setup.norm, setup.channels,
-                           config.modalities)
+                           config.modalities, default_guards(setup.task.task))
     card = load_card(name_or_checkpoint, models_dir)
     if not card.learned:
         raise ValueError(f"model {card.name!r} is classical ({card.architecture}): it is a "
@@ -76,7 +92,7 @@ def load_model(name_or_checkpoint: str, models_dir: Path | None = None) -> Loade
     channels = int(params.get("in_channels", 1)) if int(params.get("out_channels", 1)) == 1 else 1
     return LoadedModel(card.name, network.eval(), Task.from_card(card.degradation),
                        Normalisation.from_card(card.normalisation),
-                       channels, card.modalities)
+                       channels, card.modalities, tuple(card.active_guards))
 
 
 def evaluate(
@@ -108,8 +124,7 @@ def evaluate(
         inputs = task.degrade_series(s, level, rng)
         reference = task.reference(s)
         with torch.inference_mode():
-            output = predict_series(model.network, inputs, model.norm, scale=model.scale,
-                                    channels=model.channels, device=device, amp=amp)
+            output = model.predict(inputs, device=device, amp=amp)
         baselines = task.baselines(inputs)
         outputs = {"model": output, **baselines}
         if task.task == "denoise":

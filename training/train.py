@@ -27,10 +27,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
+from dicomnode.guards import default_guards
 from dicomnode.nets import build_network
 from training import losses
 from training.config import TrainConfig, resolve
 from training.data import SeriesData, check_disjoint, load_series, split_by_patient, stable_seed
+from training.evaluate import guarded
 from training.metrics import average, series_metrics
 from training.predict import autocast, predict_series
 from training.tasks import Normalisation, Task
@@ -174,6 +176,7 @@ class Validator:
         self.setup = setup
         self.cases: list[tuple[float, np.ndarray, np.ndarray, dict[str, dict[str, float]]]] = []
         limit = int(setup.config.data["val_max_slices"])
+        self.guards = default_guards(setup.task.task)  # as the node will run the model
         for s in series:
             n = len(s.slices)
             picks = np.linspace(0, n - 1, min(n, limit)).round().astype(int)
@@ -196,6 +199,7 @@ class Validator:
                     continue
                 pred = predict_series(model, inputs, self.setup.norm, scale=self.setup.scale,
                                       channels=self.setup.channels, device=device, amp=amp)
+                pred = guarded(self.guards, pred, inputs, self.setup.task)
                 per_series.append({**base, **series_metrics(ref, {"model": pred})})
             if per_series:
                 out[str(level)] = average(per_series)
@@ -443,7 +447,7 @@ def final_evaluation(setup: Setup, generator: nn.Module, val_series: list[Series
     from training.evaluate import LoadedModel, evaluate, summary_lines
 
     model = LoadedModel(setup.config.name, generator, setup.task, setup.norm, setup.channels,
-                        setup.config.modalities)
+                        setup.config.modalities, default_guards(setup.task.task))
     result = evaluate(model, val_series, out / "panels", device=str(device), amp=amp,
                       progress=progress)
     result["validation_data"] = sorted({str(s.folder) for s in val_series})
