@@ -21,7 +21,7 @@ _SECTIONS = {
     "normalisation", "architecture", "discriminator", "loss", "optimizer", "schedule", "train",
 }
 _DATA = {"train", "val", "val_fraction", "val_patients", "patch_size", "batch_size", "slices",
-         "val_max_slices", "licences", "min_foreground"}
+         "val_max_slices", "licences", "min_foreground", "context"}
 _LOSS = {"l1", "mse", "ssim", "adversarial", "adversarial_type", "perceptual",
          "perceptual_weights", "perceptual_layer"}
 _OPT = {"name", "lr", "weight_decay", "betas", "d_lr"}
@@ -98,7 +98,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "config") -> TrainConfig:
         name = ""
     data = {"val": [], "val_fraction": 0.2, "val_patients": [], "patch_size": 64,
             "batch_size": 16, "slices": 1, "val_max_slices": 12, "licences": [],
-            "min_foreground": 0.05, **table("data", _DATA, required=True)}
+            "min_foreground": 0.05, "context": 0, **table("data", _DATA, required=True)}
     if not data.get("train"):
         problems.append("data.train: required, a list of DICOM folders")
     for key in ("train", "val"):
@@ -110,12 +110,19 @@ def parse_config(raw: Mapping[str, Any], source: str = "config") -> TrainConfig:
     for key in ("patch_size", "batch_size", "val_max_slices"):
         if not isinstance(data[key], int) or data[key] < 1:
             problems.append(f"data.{key} = {data[key]!r}: expected a positive integer")
+    if not isinstance(data["context"], int) or isinstance(data["context"], bool) \
+            or data["context"] < 0:
+        problems.append(f"data.context = {data['context']!r}: expected 0 or a positive number "
+                        "of input pixels")
     degradation = table("degradation", None, required=True)
     architecture = table("architecture", None, required=True)
     if architecture and not isinstance(architecture.get("name"), str):
         problems.append("architecture.name: required, a registered network (dicomnode models "
                         "--architectures)")
     discriminator = table("discriminator", None) or None
+    if discriminator and data.get("context"):
+        problems.append("data.context: not with a [discriminator] (its input would keep the "
+                        "rim the loss leaves out); set context = 0")
     loss = {"l1": 1.0, "mse": 0.0, "ssim": 0.0, "adversarial": 0.0, "adversarial_type": "bce",
             "perceptual": 0.0, "perceptual_weights": "", "perceptual_layer": 34,
             **table("loss", _LOSS)}

@@ -268,12 +268,18 @@ class Task:
         rng: np.random.Generator,
         patch: int,
         channels: int = 1,
+        context: int = 0,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(input, target) crops in modality values: input (C, p/f, p/f), target (1, p, p).
 
         Pointwise noise is drawn on the crop itself; k-space truncation on a crop with a
         margin (so its periodic edges fall outside); CT noise comes from cached whole-slice
         realisations because the projection domain sees the whole slice.
+
+        ``context`` (k-space only): the input keeps ``context`` more real pixels on each side,
+        input (C, p/f + 2c, p/f + 2c), and the target (1, p + 2cf, p + 2cf); the trainer leaves
+        that rim out of the loss, so the network never learns to answer a patch's edges (a
+        network with a zero-filled base sees the patch's periodic FFT edges there).
         """
         f = self.scale
         stack = series.neighbours(index, channels)
@@ -286,10 +292,14 @@ class Task:
             crop, _ = random_crop(both, patch, rng)
             crop = random_flip_rotate([crop], rng)[0]
             return crop[:channels], crop[channels:]
-        margin = 8 * f if self.kind == "kspace" else 0
+        if context and self.kind != "kspace":
+            raise TaskError("data.context applies to k-space super-resolution only")
+        margin = 8 * f + context * f if self.kind == "kspace" else 0
         crop, _ = random_crop(stack, patch + 2 * margin, rng, multiple=f)
         crop = random_flip_rotate([crop], rng)[0].astype(np.float64)
-        target = crop[centre : centre + 1, margin : margin + patch, margin : margin + patch]
+        rim = context * f  # the target keeps the context too; the trainer crops it off
+        target = crop[centre : centre + 1, margin - rim : margin + patch + rim,
+                      margin - rim : margin + patch + rim]
         if self.kind == "rician":
             p99 = series.percentile(99)
             if self.floor[1] > 0:  # an already-noisy reference: the scanner's own floor
@@ -301,8 +311,8 @@ class Task:
             noisy = self._poisson_gaussian(series, crop, level, rng)
         elif self.kind == "kspace":
             low = deg.kspace_truncate(crop, f)
-            m = margin // f
-            noisy = low[:, m : m + patch // f, m : m + patch // f]
+            m = margin // f - context
+            noisy = low[:, m : m + patch // f + 2 * context, m : m + patch // f + 2 * context]
         else:
             noisy = deg.block_mean(crop, f)
         return noisy, target

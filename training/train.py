@@ -157,7 +157,8 @@ class BatchSampler:
             for _attempt in range(5):
                 index = int(rng.integers(len(series.slices)))
                 x, y = self.setup.task.train_pair(series, index, level, rng,
-                                                  int(cfg["patch_size"]), self.setup.channels)
+                                                  int(cfg["patch_size"]), self.setup.channels,
+                                                  int(cfg["context"]))
                 if (y > threshold).mean() >= float(cfg["min_foreground"]):
                     break
             offset, span = self.input_params(series, level)
@@ -484,6 +485,9 @@ def _generator_step(config: TrainConfig, setup: Setup, generator: nn.Module,
     with autocast(device, amp):
         pred = generator(x)
     pred = pred.float()
+    rim = int(config.data["context"]) * setup.scale
+    if rim:  # the input's context rim: seen by the network, left out of the loss
+        pred, y = pred[..., rim:-rim, rim:-rim], y[..., rim:-rim, rim:-rim]
     parts: dict[str, torch.Tensor] = {}
     if w["l1"]:
         parts["l1"] = float(w["l1"]) * F.l1_loss(pred, y)

@@ -290,3 +290,28 @@ def test_count_macs_restores_training_mode_and_counts_meta_models() -> None:
     with torch.device("meta"):
         meta_model = tiny("dncnn")
     assert count_macs(meta_model, (1, 1, 8, 8)) == macs
+
+
+def test_rlfn_zero_filled_base_starts_as_the_baseline_and_matches_numpy():
+    """base = "zero_filled": the output is zero-filled interpolation plus what the net adds;
+    untrained, it adds nothing (zero-initialised tail), so training starts at the baseline."""
+    import numpy as np
+
+    from dicomnode.degradations import zero_filled as zero_filled_numpy
+    from dicomnode.errors import ModelError
+    from dicomnode.nets.rlfn import RLFN, zero_filled
+
+    rng = np.random.default_rng(3)
+    for shape in [(32, 32), (33, 31)]:
+        image = rng.random(shape)
+        ours = zero_filled(torch.tensor(image)[None, None], 2)[0, 0].numpy()
+        assert np.allclose(ours, zero_filled_numpy(image, 2), atol=1e-5)
+    net = RLFN(scale=2, num_features=8, num_blocks=1, esa_channels=4, base="zero_filled")
+    x = torch.rand(2, 1, 24, 20)
+    assert torch.allclose(net(x), zero_filled(x, 2), atol=1e-6)
+    three = RLFN(in_channels=3, scale=2, num_features=8, num_blocks=1, esa_channels=4,
+                 base="zero_filled")
+    x3 = torch.rand(1, 3, 16, 16)
+    assert torch.allclose(three(x3), zero_filled(x3[:, 1:2], 2), atol=1e-6)  # centre slice
+    with pytest.raises(ModelError, match="base"):
+        RLFN(scale=2, base="bicubic")

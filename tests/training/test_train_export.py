@@ -221,3 +221,33 @@ def test_cli_minutes_cuts_a_run_short(mr_patients: Path, tmp_path: Path):
     history = json.loads((tmp_path / "short" / HISTORY).read_text())
     assert 0 < history["iteration"][-1] < 100000
     assert cli.main(["train", str(path), "--minutes", "0"]) == 1
+
+
+def test_context_rim_is_input_only(mr_patients: Path, tmp_path: Path):
+    """data.context: k-space inputs keep real pixels around the patch; target has the same rim
+    (cropped off before the loss); other degradations and GAN configs refuse it."""
+    from training.data import load_series
+    from training.tasks import Task, TaskError
+
+    series = load_series([mr_patients], ("MR",))[0]
+    task = Task.from_config({"kind": "kspace", "scale": 2})
+    rng = np.random.default_rng(0)
+    x, y = task.train_pair(series, 0, 2.0, rng, 32, 1, 0)
+    assert x.shape == (1, 16, 16) and y.shape == (1, 32, 32)
+    x, y = task.train_pair(series, 0, 2.0, rng, 32, 1, 4)
+    assert x.shape == (1, 24, 24) and y.shape == (1, 48, 48)
+    with pytest.raises(TaskError, match="context"):
+        Task.from_config({"kind": "rician", "fraction": [0.01, 0.02]}).train_pair(
+            series, 0, 0.01, rng, 32, 1, 4)
+    raw = _config(mr_patients, tmp_path / "x")
+    raw["data"]["context"] = -1
+    with pytest.raises(ConfigError, match=r"data\.context"):
+        parse_config(raw)
+    sr = _config(mr_patients, tmp_path / "sr",
+                 train={"iterations": 2, "val_every": 2, "checkpoint_every": 2})
+    sr["data"]["context"] = 4
+    sr["degradation"] = {"kind": "kspace", "scale": 2}
+    sr["architecture"] = {"name": "rlfn", "scale": 2, "num_features": 8, "num_blocks": 1,
+                          "esa_channels": 4, "base": "zero_filled"}
+    run = train(parse_config(sr), progress=False)
+    assert json.loads((run / HISTORY).read_text())["iteration"][-1] == 2
