@@ -68,7 +68,7 @@ def setting_problems(task: str, settings: Mapping[str, Any]) -> list[str]:
 
 def requirement_problems(active: tuple[str, ...], degradation: Mapping[str, Any]) -> list[str]:
     """What the active guards need from the card: the consistency guard, a degradation name."""
-    name = degradation.get("name")
+    name = degradation.get("name", degradation.get("kind"))  # export writes ``kind``
     if "consistency" in active and name not in SR_DEGRADATIONS:
         return [
             f"degradation.name: the consistency guard needs one of {', '.join(SR_DEGRADATIONS)} "

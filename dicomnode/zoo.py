@@ -74,8 +74,12 @@ class ModelCard:
 
     @property
     def degradation_name(self) -> str | None:
-        """``[degradation] name``: what the model undoes, and what the consistency guard keeps."""
-        name = self.degradation.get("name")
+        """``[degradation] name``: what the model undoes, and what the consistency guard keeps.
+
+        Cards written by ``dicomnode-train export`` say ``kind`` (the training config's key);
+        both are read, ``name`` first.
+        """
+        name = self.degradation.get("name", self.degradation.get("kind"))
         return name if isinstance(name, str) else None
 
     @property

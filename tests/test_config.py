@@ -746,9 +746,9 @@ def test_check_config_reports_problems_with_their_key_path(
 def test_check_config_refuses_a_model_missing_from_the_zoo(
     tmp_path: Path, check_config: CheckConfig
 ) -> None:
-    code, _, err = check_config(write(tmp_path, make_config(rules=rule(model=q("mr-sr-x2")))))
+    code, _, err = check_config(write(tmp_path, make_config(rules=rule(model=q("mr-sr-x9")))))
     assert code == 1
-    assert "rules[0].model: no model 'mr-sr-x2' in the model zoo" in err
+    assert "rules[0].model: no model 'mr-sr-x9' in the model zoo" in err
 
 
 def test_check_config_loads_each_rules_model_card(

@@ -172,6 +172,26 @@ def test_hu_window_and_block_mean_guard_for_ct(tmp_path: Path) -> None:
     np.testing.assert_allclose(block_mean(bound(stack), 2), stack, atol=1e-3)
 
 
+def test_an_exported_card_names_its_degradation_kind(tmp_path: Path) -> None:
+    """dicomnode-train export writes ``[degradation] kind``; the consistency guard reads it."""
+    write_model(tmp_path, "mr", "rlfn", SR_PARAMS, degradation={"kind": "kspace"})
+    enhancer = load_model("mr", tmp_path, device="cpu")
+    bound = enhancer.for_series([])
+    stack = np.random.default_rng(4).random((2, 16, 16)).astype(np.float32) * 300 + 150
+    np.testing.assert_allclose(kspace_truncate(bound(stack), 2), stack, atol=1e-2)
+
+
+def test_the_shipped_zoo_loads() -> None:
+    """Every card in models/ passes the node's checks (weights, guards, normalisation)."""
+    from dicomnode.zoo import list_cards
+
+    cards, problems = list_cards()
+    assert problems == []
+    assert {"mr-denoise", "mr-sr-x2", "xr-denoise"} <= {card.name for card in cards}
+    for card in cards:
+        load_model(card.name, device="cpu")
+
+
 # --- end to end through the command line ----------------------------------------------------
 
 
@@ -211,3 +231,36 @@ def test_a_tiny_learned_model_runs_end_to_end(tmp_path: Path, monkeypatch: pytes
         assert np.median(np.abs(restored - source.pixel_array)) <= 1.0
     assert not dciodvfy_errors(derived[0]) - dciodvfy_errors(
         sources[pydicom.dcmread(derived[0]).SourceImageSequence[0].ReferencedSOPInstanceUID])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, source", [
+    ("mr-sr-x2", "mr_siemens_prisma_t1_fl2d_sag_35sl"),
+    ("mr-denoise", "mr_siemens_prisma_t1_fl2d_sag_35sl"),
+    ("xr-denoise", "cr_tibia_fuji_wg04_RG3"),
+])
+def test_each_shipped_model_enhances_its_dev_data(name: str, source: str, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """The shipped weights through `dicomnode enhance`: derived, labelled, dciodvfy-clean."""
+    data = Path(__file__).parent / "data" / source
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for path in sorted(data.glob("*.dcm"))[15:17] or sorted(data.glob("*.dcm")):
+        shutil.copy(path, folder)
+    out = tmp_path / "out"
+    assert main(["enhance", str(folder), str(out), "--model", name, "--device", "cpu",
+                 "--no-progress"]) == 0
+    derived = sorted(out.rglob("*.dcm"))
+    assert derived and len(derived) == len(list(folder.glob("*.dcm")))
+    card = load_card(name)
+    for path in derived:
+        ds = pydicom.dcmread(path)
+        original = next(p for p in folder.glob("*.dcm") if str(pydicom.dcmread(
+            p, stop_before_pixels=True).SOPInstanceUID) ==
+            ds.SourceImageSequence[0].ReferencedSOPInstanceUID)
+        source_ds = pydicom.dcmread(original)
+        assert list(ds.ImageType)[:2] == ["DERIVED", "SECONDARY"]
+        assert f"dicomnode {name} {card.version}" in ds.DerivationDescription
+        assert (ds.Rows, ds.Columns) == (card.scale * source_ds.Rows,
+                                         card.scale * source_ds.Columns)
+        assert not dciodvfy_errors(path) - dciodvfy_errors(original)
