@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--models-dir", type=Path)
     evaluate.add_argument("--device", default="cpu")
     evaluate.add_argument("--threads", type=int, default=1)
+    evaluate.add_argument("--update-card", action="store_true",
+                          help="write these numbers into the zoo card's [metrics] (a zoo "
+                               "model only; weights and the rest of the card unchanged)")
 
     export = sub.add_parser("export", help="write models/NAME/ (card + safetensors) from a "
                                            "checkpoint")
@@ -126,6 +129,15 @@ def _run(args: argparse.Namespace) -> int:
             args.json.write_text(json.dumps(result, indent=1))
         print("\n".join(summary_lines(result)))
         print(f"panels: {panels}")
+        if args.update_card:
+            if Path(args.model).exists():
+                raise ValueError("--update-card needs a model name from the zoo, not a "
+                                 "checkpoint (export a checkpoint instead)")
+            from training.export import update_card_metrics
+
+            card = update_card_metrics(args.model, result, args.json or Path("evaluate"),
+                                       args.models_dir)
+            print(f"card updated: {card}")
         return 0
     from training.export import export
 

@@ -89,6 +89,28 @@ def export(
     return folder
 
 
+def update_card_metrics(name: str, evaluation: Mapping[str, Any], source: Path,
+                        models_dir: str | Path | None = None) -> Path:
+    """Replace a zoo card's ``[metrics]`` with a new evaluation of the same weights.
+
+    For when the evaluation itself changed (it now runs the node's guards); everything else
+    on the card, the weights and their sha256 stay as they are.
+    """
+    import tomllib
+
+    folder = Path(models_dir or REPO_ROOT / "models") / name
+    path = folder / CARD_FILE
+    card = tomllib.loads(path.read_text(encoding="utf-8"))
+    card["metrics"] = _metrics_table(evaluation, source)
+    text = ("# Written by dicomnode-train export; [metrics] re-measured by dicomnode-train "
+            "evaluate --update-card.\n") + dumps_toml(card)
+    tmp = folder / (CARD_FILE + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    load_card(name, folder.parent)  # the node must accept what we wrote
+    return path
+
+
 def _relative(path: str) -> str:
     try:
         return os.path.relpath(path, REPO_ROOT)

@@ -92,6 +92,17 @@ def test_export_round_trip_and_evaluate_reproduces_the_card(mr_patients: Path, t
     # A checkpoint evaluates the same way, without a card.
     assert cli.main(["evaluate", "--model", str(run), "--data", str(mr_patients / "patient2"),
                      "--panels", str(tmp_path / "p2")]) == 0
+    # --update-card rewrites [metrics] only: same weights, same sha256, numbers of this run.
+    sha = card.weights_sha256
+    assert cli.main(["evaluate", "--model", "tiny-denoise", "--models-dir", str(models),
+                     "--data", str(mr_patients / "patient2"), "--json", str(out),
+                     "--update-card"]) == 0
+    updated = load_card("tiny-denoise", models)
+    assert updated.weights_sha256 == sha and updated.parameters == card.parameters
+    assert updated.metrics["sigma_fraction_0.05"]["model"]["psnr"] == pytest.approx(
+        json.loads(out.read_text())["levels"]["0.05"]["mean"]["model"]["psnr"], abs=1e-3)
+    assert cli.main(["evaluate", "--model", str(run), "--data", str(mr_patients / "patient2"),
+                     "--update-card"]) == 1
     # A changed weights file is refused.
     weights = models / "tiny-denoise" / "weights.safetensors"
     weights.write_bytes(weights.read_bytes() + b" ")
