@@ -176,9 +176,9 @@ def _header_from_walk(data: bytes) -> InstanceHeader | None:
     values = {}
     for tag, keyword in _WALKED_TAGS.items():
         value = found.get(tag, b"").decode("latin-1").strip("\0 \t\r\n")
-        if "\\" in value or not value.isprintable():
-            return None  # several values or binary bytes: read them as pydicom (and the
-            # worker, and the C-STORE request's decoder) will, so all agree on the text
+        if "\\" in value or not (value.isascii() and value.isprintable()):
+            return None  # several values, binary or non-ASCII bytes: read them as pydicom
+            # (and the worker, and the C-STORE request's decoder) will, so all agree
         if not value:
             raise InputRejected(f"{keyword} is missing or empty")
         if len(value) > 64:
