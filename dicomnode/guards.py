@@ -66,9 +66,15 @@ def setting_problems(task: str, settings: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def degradation_name(degradation: Mapping[str, Any]) -> str | None:
+    """A card's ``[degradation] name``, or ``kind`` as ``dicomnode-train export`` writes it."""
+    name = degradation.get("name", degradation.get("kind"))
+    return name if isinstance(name, str) else None
+
+
 def requirement_problems(active: tuple[str, ...], degradation: Mapping[str, Any]) -> list[str]:
     """What the active guards need from the card: the consistency guard, a degradation name."""
-    name = degradation.get("name", degradation.get("kind"))  # export writes ``kind``
+    name = degradation_name(degradation)
     if "consistency" in active and name not in SR_DEGRADATIONS:
         return [
             f"degradation.name: the consistency guard needs one of {', '.join(SR_DEGRADATIONS)} "

@@ -39,31 +39,27 @@ def check_part10(data: bytes, transfer_syntax: str) -> None:
 
     Deflated datasets are not walked (their structure is only visible once inflated).
     """
-    if data[128:132] != b"DICM":
-        return  # no file meta: the encoding is unknown, parse_header decides
-    walker = _Walker(data, implicit=False, little=True)
-    position = walker.meta(132)
-    if transfer_syntax in _DEFLATED:
-        return
-    walker.mode(implicit=transfer_syntax == _IMPLICIT_LE, little=transfer_syntax != _BIG_ENDIAN)
-    walker.dataset(position, len(data), depth=0, trailing_zeros=True)
+    walk_part10(data, frozenset(), transfer_syntax)
 
 
 TRANSFER_SYNTAX_TAG = 0x00020010
 
 
-def walk_part10(data: bytes, wanted: frozenset[int]) -> dict[int, bytes] | None:
+def walk_part10(data: bytes, wanted: frozenset[int],
+                transfer_syntax: str | None = None) -> dict[int, bytes] | None:
     """Check a Part 10 byte string like :func:`check_part10` and return the raw values of the
     top-level elements in ``wanted`` (and the Transfer Syntax UID), as the walk passes them.
 
-    None when the bytes have no file meta or a deflated dataset: the caller then needs a
-    real parser. Values are returned undecoded; the caller decides what they must be.
+    The dataset is read in ``transfer_syntax``, or in the one its file meta names. None when
+    the bytes have no file meta or a deflated dataset: the caller then needs a real parser.
+    Values are returned undecoded; the caller decides what they must be.
     """
     if data[128:132] != b"DICM":
-        return None
+        return None  # no file meta: the encoding is unknown, parse_header decides
     walker = _Walker(data, implicit=False, little=True, wanted=wanted | {TRANSFER_SYNTAX_TAG})
     position = walker.meta(132)
-    syntax = walker.found.get(TRANSFER_SYNTAX_TAG, b"").decode("latin-1").strip("\0 ")
+    syntax = transfer_syntax if transfer_syntax is not None else \
+        walker.found.get(TRANSFER_SYNTAX_TAG, b"").decode("latin-1").strip("\0 ")
     if syntax in _DEFLATED:
         return None
     walker.mode(implicit=syntax == _IMPLICIT_LE, little=syntax != _BIG_ENDIAN)

@@ -20,7 +20,12 @@ import numpy as np
 
 from dicomnode.config import PRECISIONS as _WORKER_PRECISIONS
 from dicomnode.errors import ModelError
-from dicomnode.guards import active_guards, requirement_problems, setting_problems
+from dicomnode.guards import (
+    active_guards,
+    degradation_name,
+    requirement_problems,
+    setting_problems,
+)
 from dicomnode.normalise import NormalisationSpec, parse_normalisation
 
 TASKS = ("super-resolution", "denoise")
@@ -74,13 +79,9 @@ class ModelCard:
 
     @property
     def degradation_name(self) -> str | None:
-        """``[degradation] name``: what the model undoes, and what the consistency guard keeps.
-
-        Cards written by ``dicomnode-train export`` say ``kind`` (the training config's key);
-        both are read, ``name`` first.
-        """
-        name = self.degradation.get("name", self.degradation.get("kind"))
-        return name if isinstance(name, str) else None
+        """``[degradation] name`` (or ``kind``): what the model undoes, what the consistency
+        guard keeps."""
+        return degradation_name(self.degradation)
 
     @property
     def normalisation_spec(self) -> NormalisationSpec:

@@ -80,13 +80,18 @@ def export(
                                           if "running_" not in k and "num_batches" not in k)),
                     "bytes": weights_path.stat().st_size},
     }
-    text = "# Written by dicomnode-train export; numbers from its validation run.\n"
-    text += dumps_toml(card)
-    tmp_card = folder / (CARD_FILE + ".tmp")
-    tmp_card.write_text(text, encoding="utf-8")
-    os.replace(tmp_card, folder / CARD_FILE)
-    load_card(name, folder.parent)  # the node must accept what we wrote
+    _write_card(folder, "numbers from its validation run", card)
     return folder
+
+
+def _write_card(folder: Path, provenance: str, card: Mapping[str, Any]) -> Path:
+    """Write ``model.toml`` atomically and read it back as the node would."""
+    text = f"# Written by dicomnode-train export; {provenance}.\n" + dumps_toml(card)
+    tmp = folder / (CARD_FILE + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, folder / CARD_FILE)
+    load_card(folder.name, folder.parent)  # the node must accept what we wrote
+    return folder / CARD_FILE
 
 
 def update_card_metrics(name: str, evaluation: Mapping[str, Any], source: Path,
@@ -102,13 +107,8 @@ def update_card_metrics(name: str, evaluation: Mapping[str, Any], source: Path,
     path = folder / CARD_FILE
     card = tomllib.loads(path.read_text(encoding="utf-8"))
     card["metrics"] = _metrics_table(evaluation, source)
-    text = ("# Written by dicomnode-train export; [metrics] re-measured by dicomnode-train "
-            "evaluate --update-card.\n") + dumps_toml(card)
-    tmp = folder / (CARD_FILE + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    load_card(name, folder.parent)  # the node must accept what we wrote
-    return path
+    return _write_card(folder, "[metrics] re-measured by dicomnode-train evaluate "
+                               "--update-card", card)
 
 
 def _relative(path: str) -> str:

@@ -19,24 +19,26 @@ def data_range(reference: np.ndarray) -> float:
     return span if span > 0 else 1.0
 
 
-def psnr(reference: np.ndarray, test: np.ndarray, value_range: float | None = None) -> float:
-    """10 log10(range^2 / MSE) over the whole series; inf when identical."""
+def _prepared(reference: np.ndarray, test: np.ndarray, value_range: float | None
+              ) -> tuple[np.ndarray, np.ndarray, float]:
+    """Both as float64 of one shape, and the range (the reference series' unless given)."""
     reference = np.asarray(reference, dtype=np.float64)
     test = np.asarray(test, dtype=np.float64)
     if reference.shape != test.shape:
         raise ValueError(f"shapes differ: reference {reference.shape}, test {test.shape}")
-    value_range = data_range(reference) if value_range is None else value_range
+    return reference, test, data_range(reference) if value_range is None else value_range
+
+
+def psnr(reference: np.ndarray, test: np.ndarray, value_range: float | None = None) -> float:
+    """10 log10(range^2 / MSE) over the whole series; inf when identical."""
+    reference, test, value_range = _prepared(reference, test, value_range)
     mse = float(np.mean((reference - test) ** 2))
     return float("inf") if mse == 0 else float(10 * np.log10(value_range**2 / mse))
 
 
 def ssim(reference: np.ndarray, test: np.ndarray, value_range: float | None = None) -> float:
     """Mean over slices of scikit-image SSIM (Gaussian window sigma 1.5) with the series range."""
-    reference = np.asarray(reference, dtype=np.float64)
-    test = np.asarray(test, dtype=np.float64)
-    if reference.shape != test.shape:
-        raise ValueError(f"shapes differ: reference {reference.shape}, test {test.shape}")
-    value_range = data_range(reference) if value_range is None else value_range
+    reference, test, value_range = _prepared(reference, test, value_range)
     stack_ref = reference.reshape(-1, *reference.shape[-2:])
     stack_test = test.reshape(-1, *test.shape[-2:])
     scores = [

@@ -55,15 +55,22 @@ def _spool_consistent(node: NodeProcess) -> None:
     assert not list((node.workdir / "var" / "spool" / "series").rglob(".tmp-*"))
 
 
-def test_threshold_answers_a700_then_recovers(small_disk: Path, tmp_path: Path):
+def _node_on(small_disk: Path, tmp_path: Path, min_free_disk_mb: int) -> NodeProcess:
+    """A started node whose spool and index live on the small file system."""
     (tmp_path / "n").mkdir()
     node = NodeProcess(tmp_path / "n", "", "", idle_seconds=60)
     node.config.write_text(node.config.read_text()
                            .replace(f'storage_dir = "{node.workdir / "var"}"',
                                     f'storage_dir = "{small_disk / "var"}"')
-                           .replace("min_free_disk_mb = 1", "min_free_disk_mb = 8"))
+                           .replace("min_free_disk_mb = 1",
+                                    f"min_free_disk_mb = {min_free_disk_mb}"))
     node.workdir = small_disk  # node.query reads small_disk/var/index.sqlite
     node.start()
+    return node
+
+
+def test_threshold_answers_a700_then_recovers(small_disk: Path, tmp_path: Path):
+    node = _node_on(small_disk, tmp_path, min_free_disk_mb=8)
     filler = _fill(small_disk, leave_mb=6)
     refused = storescu(MR_DIR, node.port, check=False, extra=["-v"])
     assert refused.returncode != 0
@@ -82,14 +89,7 @@ def test_threshold_answers_a700_then_recovers(small_disk: Path, tmp_path: Path):
 
 
 def test_write_error_answers_a700_and_leaves_no_partial_file(small_disk: Path, tmp_path: Path):
-    (tmp_path / "n").mkdir()
-    node = NodeProcess(tmp_path / "n", "", "", idle_seconds=60)
-    node.config.write_text(node.config.read_text()
-                           .replace(f'storage_dir = "{node.workdir / "var"}"',
-                                    f'storage_dir = "{small_disk / "var"}"')
-                           .replace("min_free_disk_mb = 1", "min_free_disk_mb = 0"))
-    node.workdir = small_disk
-    node.start()
+    node = _node_on(small_disk, tmp_path, min_free_disk_mb=0)
     _fill(small_disk, leave_mb=2)  # room for a few instances, then ENOSPC mid-write
     result = storescu(MR_DIR, node.port, check=False, extra=["-v"])
     assert result.returncode != 0

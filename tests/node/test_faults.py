@@ -33,13 +33,19 @@ def _assert_exactly_once(orthanc: Orthanc, node, fault: str) -> None:
     assert received == MR_COUNT  # no received instance lost
 
 
-@pytest.mark.slow
-def test_kill9_while_processing_then_restart(orthanc: Orthanc, node_factory):
+def _processing(orthanc: Orthanc, node_factory):
+    """A node with the MR series received and its denoising job in progress."""
     node = node_factory(denoise_rule(), pacs_destination(orthanc))
     node.start()
     storescu(MR_DIR, node.port)
     wait_for(lambda: "processing" in node.job_states(), 60, "the job to be processing",
              interval=0.01)
+    return node
+
+
+@pytest.mark.slow
+def test_kill9_while_processing_then_restart(orthanc: Orthanc, node_factory):
+    node = _processing(orthanc, node_factory)
     node.kill9()
     assert orthanc.instance_count() == 0
     node.start()
@@ -179,11 +185,7 @@ def test_unparseable_dataset_gets_a_failure_status(node_factory):
 
 @pytest.mark.slow
 def test_sigterm_during_work_exits_cleanly_and_resumes(orthanc: Orthanc, node_factory):
-    node = node_factory(denoise_rule(), pacs_destination(orthanc))
-    node.start()
-    storescu(MR_DIR, node.port)
-    wait_for(lambda: "processing" in node.job_states(), 60, "the job to be processing",
-             interval=0.01)
+    node = _processing(orthanc, node_factory)
     assert node.stop() == 0  # SIGTERM: stop accepting, finish or checkpoint, exit 0
     assert "node_stopped" in node.log_text()
     assert node.job_states() in (["sending"], ["done"])  # the job in flight was finished
