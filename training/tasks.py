@@ -135,6 +135,8 @@ class Task:
     floor: tuple[float, float] = (0.0, 0.0)
     i0: float = deg.CT_I0
     views: int = deg.CT_VIEWS
+    realisations: int = 2
+    mix: bool = False
     cache_dir: Path | None = None
     _noise_cache: dict[tuple[str, int, float, int], np.ndarray] = field(
         default_factory=dict, repr=False)
@@ -163,9 +165,19 @@ class Task:
             doses = _levels(table, "train_doses", [0.05, 0.1, 0.15, 0.25, 0.35, 0.5])
             if any(d > 1 for d in doses):
                 raise TaskError("degradation.train_doses: dose fractions must be <= 1")
+            realisations = table.get("realisations", 2)
+            if not isinstance(realisations, int) or isinstance(realisations, bool) or not (
+                2 <= realisations <= 64
+            ):
+                raise TaskError(f"degradation.realisations = {realisations!r}: expected an "
+                                "integer from 2 to 64")
+            mix = table.get("mix", False)
+            if not isinstance(mix, bool):
+                raise TaskError(f"degradation.mix = {mix!r}: expected true or false")
             return cls(kind, train_levels=doses, eval_levels=_levels(table, "eval", [0.1, 0.25]),
                        i0=float(table.get("i0", deg.CT_I0)),
-                       views=int(table.get("views", deg.CT_VIEWS)), cache_dir=cache_dir)
+                       views=int(table.get("views", deg.CT_VIEWS)), realisations=realisations,
+                       mix=mix, cache_dir=cache_dir)
         if kind == "poisson_gaussian":
             rng = _pair(table, "photons", (100.0, 3000.0))
             return cls(kind, train_range=rng, eval_levels=_levels(table, "eval", [300, 1000]),
@@ -195,10 +207,16 @@ class Task:
                          "(sigma = floor x P99), which the model keeps")
             out.update(fraction=list(self.train_range), floor=list(self.floor), note=note)
         elif self.kind == "ct_low_dose":
+            note = ("projection-domain low-dose insertion, parallel beam over 180 degrees, "
+                    "Poisson counts, FBP of noisy minus clean")
+            if self.mix:
+                note += ("; in training, doses log-uniform over the train_doses range from "
+                         f"{self.realisations} simulated realisations per slice at "
+                         f"{self.mix_reference_dose:.3g} dose, mixed in random pairs "
+                         "(cos t, sin t) and scaled by sqrt(reference / dose)")
             out.update(train_doses=list(self.train_levels), i0=self.i0, views=self.views,
-                       mu_water_per_mm=deg.MU_WATER_PER_MM, note=(
-                           "projection-domain low-dose insertion, parallel beam over 180 "
-                           "degrees, Poisson counts, FBP of noisy minus clean"))
+                       realisations=self.realisations, mix=self.mix,
+                       mu_water_per_mm=deg.MU_WATER_PER_MM, note=note)
         elif self.kind == "poisson_gaussian":
             out.update(photons=list(self.train_range), read_noise=self.read_noise, note=(
                 "Poisson at the photon level (signal mapped to [0, 1] by the series range) plus "
@@ -218,8 +236,16 @@ class Task:
             low, high = np.log(self.train_range)
             return float(np.exp(rng.uniform(low, high)))
         if self.kind == "ct_low_dose":
+            if self.mix:
+                low, high = np.log([min(self.train_levels), max(self.train_levels)])
+                return float(np.exp(rng.uniform(low, high)))
             return float(self.train_levels[int(rng.integers(len(self.train_levels)))])
         return float(self.scale)
+
+    @property
+    def mix_reference_dose(self) -> float:
+        """The dose mixed CT realisations are simulated at: the geometric middle of the range."""
+        return float(np.sqrt(min(self.train_levels) * max(self.train_levels)))
 
     def stats_level(self, level: float) -> float:
         """The grid level whose input statistics stand for ``level`` (bounded cache)."""
@@ -286,8 +312,10 @@ class Task:
         centre = channels // 2
         if self.kind == "ct_low_dose":
             noise = np.stack([
-                self._ct_noise(series, i, level, int(rng.integers(2)))
+                self._ct_train_noise(series, i, level, rng)
                 for i in _neighbour_indices(len(series.slices), index, channels)])
+            if self.mix:
+                stack = _random_padding(stack, rng)
             both = np.concatenate([stack + noise, stack[centre : centre + 1]])
             crop, _ = random_crop(both, patch, rng)
             crop = random_flip_rotate([crop], rng)[0]
@@ -358,6 +386,27 @@ class Task:
                                      sinogram=sinogram)
         return noisy[:h, :w]
 
+    def _ct_train_noise(
+        self, series: SeriesData, index: int, dose: float, rng: np.random.Generator
+    ) -> np.ndarray:
+        """Added CT noise (HU) of one slice for one training pair.
+
+        Without ``mix``: one of ``realisations`` cached simulations at exactly ``dose``. With
+        ``mix``: two different cached realisations at the reference dose combined as
+        cos(t) a + sin(t) b, t uniform, which has exactly their covariance (they are independent
+        and identically distributed), scaled by sqrt(reference / dose): the variance of a log
+        count is 1 / expected count, proportional to 1 / dose while counts are not starved.
+        So every pair gets fresh noise with the simulation's texture from a few simulations.
+        """
+        if not self.mix:
+            return self._ct_noise(series, index, dose, int(rng.integers(self.realisations)))
+        reference = self.mix_reference_dose
+        first, second = rng.choice(self.realisations, size=2, replace=False)
+        angle = rng.uniform(0.0, 2.0 * np.pi)
+        mixed = (np.cos(angle) * self._ct_noise(series, index, reference, int(first))
+                 + np.sin(angle) * self._ct_noise(series, index, reference, int(second)))
+        return (np.sqrt(reference / dose) * mixed).astype(np.float32)
+
     def _ct_noise(self, series: SeriesData, index: int, dose: float, realisation: int
                   ) -> np.ndarray:
         """Added noise (HU) of one slice at one dose, computed once (memory and disk cache)."""
@@ -382,6 +431,30 @@ class Task:
             tmp.replace(path)  # atomic: an interrupted run leaves no half-written cache
         self._noise_cache[key] = noise
         return noise
+
+
+PADDING_RANGE_HU = (-3100.0, -1010.0)
+"""Where scanners put the pixels outside the reconstruction circle (-3024, -2048, -2000, -1500,
+-1024 are all met); :func:`_random_padding` draws a new value from this range."""
+
+
+def _random_padding(stack: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The slices with their padding (outside the reconstruction circle) set to a random value.
+
+    Scanners fill that region with a constant of their choosing, and the node must return it
+    flat whatever the constant; six training slices show four constants, so without this a
+    network learns those and leaves noise on the validation series' -1500. Padding is the
+    slice's minimum when it is below air and fills more than 1 % of the slice; every value
+    below -1000 HU is zero attenuation, so the cached projection-domain noise stays valid.
+    """
+    out = stack.astype(np.float64, copy=True)
+    value = float(rng.uniform(*PADDING_RANGE_HU))
+    for image in out:
+        low = image.min()
+        mask = image == low
+        if low < -1000.0 and mask.mean() > 0.01:
+            image[mask] = value
+    return out
 
 
 def _neighbour_indices(n: int, index: int, count: int) -> list[int]:

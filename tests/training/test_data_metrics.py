@@ -104,3 +104,45 @@ def test_metrics_match_scikit_image(mr_patients: Path):
     wrong_air = np.where(mask, ref, ref + 200)
     scores = series_metrics(ref, {"x": wrong_air})["x"]
     assert scores["psnr_foreground"] == float("inf") and scores["psnr"] < 40
+
+
+def test_mixed_ct_noise_has_the_simulated_spread_and_is_fresh_each_pair():
+    """Mixing two cached realisations and rescaling by dose must match a direct simulation."""
+    from tests.conftest import CT_TILT_DIR
+
+    series = load_series([CT_TILT_DIR])[0]
+    square = series.slices[:1, :, :min(series.slices.shape[1:])].astype(np.float64)
+    series = type(series)(series.patient_id, series.series_uid, "CT", series.folder,
+                          square.astype(np.float32), series.pixel_spacing)
+    task = Task.from_config({"kind": "ct_low_dose", "train_doses": [0.05, 0.5],
+                             "realisations": 3, "mix": True})
+    assert task.mix_reference_dose == pytest.approx(np.sqrt(0.05 * 0.5))
+    doses = [task.sample_level(np.random.default_rng(s)) for s in range(50)]
+    assert 0.05 <= min(doses) < 0.1 and 0.3 < max(doses) <= 0.5  # continuous, whole range
+    direct = task.degrade_series(series, 0.1, np.random.default_rng(7))[0] - square[0]
+    mixed = [task._ct_train_noise(series, 0, 0.1, np.random.default_rng(s)) for s in (1, 2)]
+    inside = square[0] > -500
+    for noise in mixed:
+        assert noise[inside].std() == pytest.approx(direct[inside].std(), rel=0.08)
+    assert not np.allclose(mixed[0], mixed[1])  # a fresh combination for each pair
+    x, y = task.train_pair(series, 0, 0.1, np.random.default_rng(3), 48)
+    assert x.shape == y.shape == (1, 48, 48) and not np.allclose(x, y)
+    assert Task.from_card(task.card()).mix  # the card says how it was trained
+    with pytest.raises(TaskError, match=r"degradation\.realisations"):
+        Task.from_config({"kind": "ct_low_dose", "realisations": 1})
+
+
+def test_random_padding_moves_only_the_padding():
+    from training.tasks import PADDING_RANGE_HU, _random_padding
+
+    image = np.full((2, 8, 8), -2048.0)
+    image[:, 2:6, 2:6] = 40.0
+    image[1, 3, 3] = -1000.0  # air inside the circle is not padding
+    out = _random_padding(image, np.random.default_rng(0))
+    assert np.array_equal(out[:, 2:6, 2:6], image[:, 2:6, 2:6])
+    pad = out[0, 0, 0]
+    assert PADDING_RANGE_HU[0] <= pad <= PADDING_RANGE_HU[1] and pad != -2048.0
+    assert np.all(out[image == -2048.0] == pad)
+    unpadded = np.full((1, 20, 20), 10.0)
+    unpadded[0, 0, 0] = -1500.0  # one dark pixel is not a padding region
+    assert np.array_equal(_random_padding(unpadded, np.random.default_rng(0)), unpadded)
