@@ -187,7 +187,7 @@ def test_the_shipped_zoo_loads() -> None:
 
     cards, problems = list_cards()
     assert problems == []
-    assert {"mr-denoise", "mr-sr-x2", "xr-denoise"} <= {card.name for card in cards}
+    assert {"ct-denoise", "mr-denoise", "mr-sr-x2", "xr-denoise"} <= {card.name for card in cards}
     for card in cards:
         load_model(card.name, device="cpu")
 
@@ -238,6 +238,7 @@ def test_a_tiny_learned_model_runs_end_to_end(tmp_path: Path, monkeypatch: pytes
     ("mr-sr-x2", "mr_siemens_prisma_t1_fl2d_sag_35sl"),
     ("mr-denoise", "mr_siemens_prisma_t1_fl2d_sag_35sl"),
     ("xr-denoise", "cr_tibia_fuji_wg04_RG3"),
+    ("ct-denoise", "ct_ge_hispeed_head_tilt_6sl"),
 ])
 def test_each_shipped_model_enhances_its_dev_data(name: str, source: str, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
