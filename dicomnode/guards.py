@@ -181,10 +181,10 @@ def preserve_intensity(output: np.ndarray, source: np.ndarray, sigma: float = LO
     value_range = max(float(np.ptp(source)), np.finfo(np.float64).tiny)
     limit = tolerance * value_range
     result = np.asarray(output, dtype=np.float64).copy()
-    for _step in range(max_steps + 1):
+    for step in range(max_steps + 1):
         difference = target - low_pass(result, sigma)
         deviation = float(np.abs(difference).max())
-        if deviation <= limit or _step == max_steps:
+        if deviation <= limit or step == max_steps:
             break
         result += difference - np.clip(difference, -limit, limit)
     if deviation > INTENSITY_CONTRACT * value_range:
