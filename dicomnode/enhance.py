@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset
 from dicomnode.derive import Derivation, derive_image, produced_by_dicomnode
 from dicomnode.errors import DeriveError, InputRejected
 from dicomnode.logs import event
+from dicomnode.padding import keep_padding, padding_range
 from dicomnode.pixels import PixelFormat, modality_values, pixel_format, stored_values
 from dicomnode.series import Series, SourceImage
 from dicomnode.zoo import Enhancer, ModelCard
@@ -113,8 +114,12 @@ def enhance_series(
             # MONOCHROME1 was negated when decoded: negate back before storing.
             values = -result if item.fmt.inverted else result
             try:
-                derived = derive_image(item.ds, stored_values(values, item.fmt), item.fmt,
-                                       derivation)
+                stored = stored_values(values, item.fmt)
+                if padding_range(item.ds) is not None:
+                    source = -item.values if item.fmt.inverted else item.values
+                    stored = keep_padding(item.ds, stored_values(source, item.fmt), stored,
+                                          derivation.scale)
+                derived = derive_image(item.ds, stored, item.fmt, derivation)
                 outcome.written.append(sink(derived))  # a sink may refuse with DeriveError
             except DeriveError as exc:
                 outcome.rejected.append((item.image.path, str(exc)))

@@ -84,6 +84,9 @@ def test_ct_nlm_denoise_on_tilted_ct(tmp_path: Path, capsys):
         soft = (before > 0) & (before < 80)  # brain tissue: levels kept
         assert abs(after[soft].mean() - before[soft].mean()) < 2.0
         assert np.any(after != before)  # processed, not copied
+        padding = source.pixel_array == source.PixelPaddingValue  # -1500 outside the circle
+        assert padding.mean() > 0.1 and ds.PixelPaddingValue == source.PixelPaddingValue
+        assert np.array_equal(ds.pixel_array[padding], source.pixel_array[padding])
 
 
 @pytest.mark.slow

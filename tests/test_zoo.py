@@ -264,4 +264,8 @@ def test_each_shipped_model_enhances_its_dev_data(name: str, source: str, tmp_pa
         assert f"dicomnode {name} {card.version}" in ds.DerivationDescription
         assert (ds.Rows, ds.Columns) == (card.scale * source_ds.Rows,
                                          card.scale * source_ds.Columns)
+        if "PixelPaddingValue" in source_ds:  # the CT's -1500 outside its field of view
+            padding = source_ds.pixel_array == source_ds.PixelPaddingValue
+            assert padding.any()
+            assert np.all(ds.pixel_array[padding] == source_ds.PixelPaddingValue)
         assert not dciodvfy_errors(path) - dciodvfy_errors(original)
