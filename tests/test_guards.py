@@ -72,6 +72,31 @@ def test_consistency_keeps_detail_the_input_does_not_contradict() -> None:
                                atol=1e-6)
 
 
+def test_an_already_interpolated_series_gets_no_made_up_detail() -> None:
+    """A slice the scanner zero-filled from half its matrix has nothing left to super-resolve:
+    the guard takes out every bit of a network's detail there, and keeps it on native slices."""
+    import pydicom
+
+    from dicomnode.degradations import zero_filled
+    from dicomnode.guards import detail_weight
+    from tests.conftest import MR_DIR
+
+    native = np.stack([pydicom.dcmread(p).pixel_array.astype(np.float64)
+                       for p in sorted(MR_DIR.glob("*.dcm"))[14:17]])
+    interpolated = zero_filled(kspace_truncate(native, 2), 2)
+    assert [detail_weight(x) for x in native] == [1.0, 1.0, 1.0]
+    assert [detail_weight(x) for x in interpolated] == [0.0, 0.0, 0.0]
+    assert detail_weight(np.full((16, 16), 7.0)) == 0.0
+    wild = RNG.normal(0, 200, (3, 512, 512))  # a network that invents texture everywhere
+    nothing = np.zeros_like(wild)
+    np.testing.assert_allclose(kspace_consistency(wild, interpolated, 2),
+                               kspace_consistency(nothing, interpolated, 2), atol=1e-6)
+    kept = kspace_consistency(wild, native, 2) - kspace_consistency(nothing, native, 2)
+    assert kept.std() > 100  # the outer k-space of a native slice is the network's
+    np.testing.assert_allclose(kspace_truncate(kspace_consistency(wild, interpolated, 2), 2),
+                               interpolated, atol=1e-6)
+
+
 def test_consistency_refuses_sizes_that_do_not_match_the_scale() -> None:
     with pytest.raises(ValueError, match="expected"):
         block_mean_consistency(np.zeros((1, 10, 10)), np.zeros((1, 4, 4)), 2)
