@@ -151,13 +151,18 @@ def detail_weight(low: np.ndarray) -> float:
     half falls from ``INTERPOLATED_BAND[1]`` to ``INTERPOLATED_BAND[0]``: native MR slices
     measured 1.3e-3 to 3e-2, the same slices interpolated at most 5.8e-4 (docs/DESIGN.md).
     """
-    spectrum = np.abs(np.fft.fftshift(np.fft.fft2(low))) ** 2
-    n, m = low.shape
+    return _detail_weight(np.fft.fftshift(np.fft.fft2(low)))
+
+
+def _detail_weight(centred_spectrum: np.ndarray) -> float:
+    """:func:`detail_weight` from the slice's centred spectrum (the guard has it already)."""
+    spectrum = np.abs(centred_spectrum) ** 2
+    n, m = spectrum.shape
     spectrum[n // 2, m // 2] = 0.0
     total = float(spectrum.sum())
     if total <= 0.0:
         return 0.0  # a constant slice: there is no detail to add
-    outer = np.ones(low.shape, dtype=bool)
+    outer = np.ones(spectrum.shape, dtype=bool)
     outer[n // 2 - n // 4 + 1 : n // 2 + n // 4, m // 2 - m // 4 + 1 : m // 2 + m // 4] = False
     share = float(spectrum[outer].sum()) / total
     low_end, high_end = INTERPOLATED_BAND
@@ -170,8 +175,9 @@ def _replace_centre(high: np.ndarray, low: np.ndarray, factor: int) -> np.ndarra
     spectrum = np.fft.fftshift(np.fft.fft2(high))
     inside = np.zeros(spectrum.shape, dtype=bool)
     inside[rows, cols] = True
-    spectrum[~inside] *= detail_weight(low)
-    spectrum[rows, cols] = np.fft.fftshift(np.fft.fft2(low)) * (factor * factor)
+    low_spectrum = np.fft.fftshift(np.fft.fft2(low))
+    spectrum[~inside] *= _detail_weight(low_spectrum)
+    spectrum[rows, cols] = low_spectrum * (factor * factor)
     # Frequency k sits at index c + k (c = n // 2); its mirror -k at (2c - index) mod n.
     mirror_rows = (2 * (height // 2) - np.arange(height)) % height
     mirror_cols = (2 * (width // 2) - np.arange(width)) % width
