@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--models-dir", type=Path)
     evaluate.add_argument("--device", default="cpu")
     evaluate.add_argument("--threads", type=int, default=1)
+    evaluate.add_argument("--no-guards", action="store_true",
+                          help="score the network alone, without the node's guards (shows what "
+                               "the guards cost or gain; never written to a card)")
     evaluate.add_argument("--update-card", action="store_true",
                           help="write these numbers into the zoo card's [metrics] (a zoo "
                                "model only; weights and the rest of the card unchanged)")
@@ -112,8 +115,13 @@ def _run(args: argparse.Namespace) -> int:
         from training.data import load_series
         from training.evaluate import evaluate, load_model, summary_lines
 
+        if args.no_guards and args.update_card:
+            raise ValueError("--update-card with --no-guards: a card's metrics are the node's "
+                             "output, which always runs the guards; drop one of the two")
         torch.set_num_threads(max(1, args.threads))
         model = load_model(args.model, args.models_dir)
+        if args.no_guards:
+            model = dataclasses.replace(model, guards=())
         series = load_series(args.data)
         if not series:
             raise ValueError(f"no DICOM image series under {', '.join(map(str, args.data))}")

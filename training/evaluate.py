@@ -111,7 +111,7 @@ def evaluate(
     result: dict[str, Any] = {
         "model": model.name, "task": task.task, "degradation": task.card(),
         "series": len(chosen), "slices": int(sum(len(s.slices) for s in chosen)),
-        "skipped_series": skipped, "levels": {},
+        "skipped_series": skipped, "guards": list(model.guards), "levels": {},
     }
     iterator: Any = [(s, lv) for s in chosen for lv in task.eval_levels]
     if progress:
@@ -203,6 +203,9 @@ def write_panel(path: Path, inputs: np.ndarray, baseline: np.ndarray, baseline_n
 def summary_lines(result: dict[str, Any]) -> list[str]:
     """A readable table: mean PSNR/SSIM per level for the model and every baseline."""
     lines = [f"{result['model']}: {result['series']} series, {result['slices']} slices"]
+    if "guards" in result:
+        lines.append("  guards: " + (", ".join(result["guards"]) or
+                                     "none (the network alone, not what the node delivers)"))
     for level, block in result["levels"].items():
         lines.append(f"  level {level}:")
         for name, m in block["mean"].items():

@@ -9,6 +9,7 @@ import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from dicomnode.degradations import kspace_truncate, zero_filled
+from tests.conftest import MR_DIR
 from training.data import load_series, random_crop, random_flip_rotate, split_by_patient
 from training.metrics import average, beats, foreground, psnr, series_metrics, ssim
 from training.tasks import Normalisation, Task, TaskError
@@ -70,6 +71,28 @@ def test_rician_pairs_and_super_resolution_pairs(mr_patients: Path):
     back = Task.from_card(task.card())
     assert back.kind == "rician" and back.eval_levels == (0.03, 0.07)
 
+
+
+@pytest.mark.parametrize("context", [0, 8])
+def test_kspace_pairs_are_on_the_whole_slice_grid(context: int):
+    """Flips and crops come before the truncation: an even-size centred k-space window is not
+    symmetric, so flipping a truncated pair would move its sampling grid by one pixel, and a
+    network trained on it would learn a shift. The zero-filled input must sit on the target."""
+    series = load_series([MR_DIR])[0]
+    task = Task.from_config({"kind": "kspace", "scale": 2})
+    rng = np.random.default_rng(7)
+    errors: dict[tuple[int, int], list[float]] = {(0, 0): [], (1, 0): [], (0, 1): [],
+                                                  (-1, 0): [], (0, -1): []}
+    rim = 2 * context + 4
+    for _ in range(12):
+        x, y = task.train_pair(series, int(rng.integers(10, 25)), 2.0, rng, 64, 1, context)
+        assert x.shape[-1] * 2 == y.shape[-1] == 64 + 4 * context
+        base = zero_filled(x, 2)
+        for shift, found in errors.items():
+            moved = np.roll(base, shift, axis=(1, 2))
+            found.append(float(np.mean((moved - y)[:, rim:-rim, rim:-rim] ** 2)))
+    aligned = np.mean(errors.pop((0, 0)))
+    assert all(aligned < 0.5 * np.mean(e) for e in errors.values())
 
 def test_normalisation_uses_the_input_series():
     series = np.linspace(0, 1000, 4 * 10 * 10).reshape(4, 10, 10)

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from dicomnode.errors import ConfigError
 from dicomnode.zoo import load_card, verify_weights
 from training import cli
-from training.config import parse_config
+from training.config import load_config, parse_config
 from training.export import dumps_toml
 from training.train import CHECKPOINT, EVAL, HISTORY, lr_factor, train
 
@@ -103,6 +103,19 @@ def test_export_round_trip_and_evaluate_reproduces_the_card(mr_patients: Path, t
         json.loads(out.read_text())["levels"]["0.05"]["mean"]["model"]["psnr"], abs=1e-3)
     assert cli.main(["evaluate", "--model", str(run), "--data", str(mr_patients / "patient2"),
                      "--update-card"]) == 1
+    # --no-guards scores the network alone, says so, and is never written to a card.
+    assert json.loads(out.read_text())["guards"] == ["intensity"]
+    bare = tmp_path / "bare.json"
+    assert cli.main(["evaluate", "--model", "tiny-denoise", "--models-dir", str(models),
+                     "--data", str(mr_patients / "patient2"), "--json", str(bare),
+                     "--no-guards"]) == 0
+    assert json.loads(bare.read_text())["guards"] == []
+    assert "guards: none" in capsys.readouterr().out
+    before = (models / "tiny-denoise" / "model.toml").read_text()
+    assert cli.main(["evaluate", "--model", "tiny-denoise", "--models-dir", str(models),
+                     "--data", str(mr_patients / "patient2"), "--no-guards",
+                     "--update-card"]) == 1
+    assert (models / "tiny-denoise" / "model.toml").read_text() == before
     # A changed weights file is refused.
     weights = models / "tiny-denoise" / "weights.safetensors"
     weights.write_bytes(weights.read_bytes() + b" ")
@@ -172,6 +185,19 @@ def test_config_errors_name_their_keys(tmp_path: Path):
     path.write_text("name = 'x'\n[train]\nspeed = 3\n")
     assert cli.main(["train", str(path)]) == 1
 
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[2] / "training" / "configs")
+                                        .glob("*.toml")), ids=lambda p: p.stem)
+def test_every_shipped_config_parses(path: Path):
+    """A config in training/configs is a recipe someone will run: it must at least be valid, and
+    a fine-tuning stage must start from the run folder another config writes."""
+    config = load_config(path)
+    assert config.data["train"] and config.train["out_dir"]
+    init = config.train.get("init_from")
+    if init:
+        others = {load_config(p).train["out_dir"] for p in path.parent.glob("*.toml") if p != path}
+        assert init in others, f"{path.name}: init_from {init!r} is no other config's out_dir"
 
 def test_schedules():
     cosine = {"name": "cosine", "warmup": 10, "min_lr_ratio": 0.0, "step_size": 1, "gamma": 1}
