@@ -118,6 +118,9 @@ def _run(args: argparse.Namespace) -> int:
         if args.no_guards and args.update_card:
             raise ValueError("--update-card with --no-guards: a card's metrics are the node's "
                              "output, which always runs the guards; drop one of the two")
+        if args.update_card and Path(args.model).exists():
+            raise ValueError("--update-card needs a model name from the zoo, not a "
+                             "checkpoint (export a checkpoint instead)")
         torch.set_num_threads(max(1, args.threads))
         model = load_model(args.model, args.models_dir)
         if args.no_guards:
@@ -138,9 +141,6 @@ def _run(args: argparse.Namespace) -> int:
         print("\n".join(summary_lines(result)))
         print(f"panels: {panels}")
         if args.update_card:
-            if Path(args.model).exists():
-                raise ValueError("--update-card needs a model name from the zoo, not a "
-                                 "checkpoint (export a checkpoint instead)")
             from training.export import update_card_metrics
 
             card = update_card_metrics(args.model, result, args.json or Path("evaluate"),

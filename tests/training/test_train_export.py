@@ -61,7 +61,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(mr_patients: Path, t
 
 
 def test_export_round_trip_and_evaluate_reproduces_the_card(mr_patients: Path, tmp_path: Path,
-                                                            capsys):
+                                                            capsys, monkeypatch):
     run = train(parse_config(_config(mr_patients, tmp_path / "run")), progress=False)
     models = tmp_path / "models"
     assert cli.main(["export", str(run), "--name", "tiny-denoise", "--models-dir",
@@ -101,8 +101,12 @@ def test_export_round_trip_and_evaluate_reproduces_the_card(mr_patients: Path, t
     assert updated.weights_sha256 == sha and updated.parameters == card.parameters
     assert updated.metrics["sigma_fraction_0.05"]["model"]["psnr"] == pytest.approx(
         json.loads(out.read_text())["levels"]["0.05"]["mean"]["model"]["psnr"], abs=1e-3)
+    empty = tmp_path / "cwd"
+    empty.mkdir()
+    monkeypatch.chdir(empty)  # panels default to ./eval_panels: refused before evaluating
     assert cli.main(["evaluate", "--model", str(run), "--data", str(mr_patients / "patient2"),
                      "--update-card"]) == 1
+    assert list(empty.iterdir()) == []
     # --no-guards scores the network alone, says so, and is never written to a card.
     assert json.loads(out.read_text())["guards"] == ["intensity"]
     bare = tmp_path / "bare.json"
