@@ -21,7 +21,8 @@ _SECTIONS = {
     "normalisation", "architecture", "discriminator", "loss", "optimizer", "schedule", "train",
 }
 _DATA = {"train", "val", "val_fraction", "val_patients", "patch_size", "batch_size", "slices",
-         "val_max_slices", "licences", "min_foreground", "context"}
+         "val_max_slices", "licences", "min_foreground", "context",
+         "whole_slices"}
 _LOSS = {"l1", "mse", "ssim", "adversarial", "adversarial_type", "perceptual",
          "perceptual_weights", "perceptual_layer"}
 _OPT = {"name", "lr", "weight_decay", "betas", "d_lr"}
@@ -98,7 +99,8 @@ def parse_config(raw: Mapping[str, Any], source: str = "config") -> TrainConfig:
         name = ""
     data = {"val": [], "val_fraction": 0.2, "val_patients": [], "patch_size": 64,
             "batch_size": 16, "slices": 1, "val_max_slices": 12, "licences": [],
-            "min_foreground": 0.05, "context": 0, **table("data", _DATA, required=True)}
+            "min_foreground": 0.05, "context": 0, "whole_slices": False,
+            **table("data", _DATA, required=True)}
     if not data.get("train"):
         problems.append("data.train: required, a list of DICOM folders")
     for key in ("train", "val"):
@@ -114,6 +116,11 @@ def parse_config(raw: Mapping[str, Any], source: str = "config") -> TrainConfig:
             or data["context"] < 0:
         problems.append(f"data.context = {data['context']!r}: expected 0 or a positive number "
                         "of input pixels")
+    if not isinstance(data["whole_slices"], bool):
+        problems.append(f"data.whole_slices = {data['whole_slices']!r}: expected true or false")
+    elif data["whole_slices"] and data["context"]:
+        problems.append("data.whole_slices = true takes no data.context: a whole slice has no "
+                        "patch edges to keep out of the loss")
     degradation = table("degradation", None, required=True)
     architecture = table("architecture", None, required=True)
     if architecture and not isinstance(architecture.get("name"), str):

@@ -295,6 +295,7 @@ class Task:
         patch: int,
         channels: int = 1,
         context: int = 0,
+        whole: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(input, target) crops in modality values: input (C, p/f, p/f), target (1, p, p).
 
@@ -306,6 +307,11 @@ class Task:
         input (C, p/f + 2c, p/f + 2c), and the target (1, p + 2cf, p + 2cf); the trainer leaves
         that rim out of the loss, so the network never learns to answer a patch's edges (a
         network with a zero-filled base sees the patch's periodic FFT edges there).
+
+        ``whole`` (k-space only): the whole slice, flipped or turned, and its truncation, exactly
+        what the node gives the network. A crop's edges cut through the image, and a network
+        with an FFT inside then learns to answer the crop's wrap-around; on a whole slice the
+        edges are the image's own, whose wrap-around the scanner's data really has.
         """
         f = self.scale
         stack = series.neighbours(index, channels)
@@ -322,6 +328,12 @@ class Task:
             return crop[:channels], crop[channels:]
         if context and self.kind != "kspace":
             raise TaskError("data.context applies to k-space super-resolution only")
+        if whole:
+            if self.kind != "kspace":
+                raise TaskError("data.whole_slices applies to k-space super-resolution only")
+            image = random_flip_rotate([deg.crop_to_multiple(stack, f)], rng)[0]
+            image = image.astype(np.float64)
+            return deg.kspace_truncate(image, f), image[centre : centre + 1]
         margin = 8 * f + context * f if self.kind == "kspace" else 0
         crop, _ = random_crop(stack, patch + 2 * margin, rng, multiple=f)
         crop = random_flip_rotate([crop], rng)[0].astype(np.float64)

@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
+from dicomnode.errors import ConfigError
 from dicomnode.guards import default_guards
 from dicomnode.nets import build_network
 from training import losses
@@ -124,6 +125,12 @@ class BatchSampler:
     def __init__(self, setup: Setup, series: list[SeriesData]) -> None:
         self.setup = setup
         self.series = series
+        if setup.config.data["whole_slices"]:
+            shapes = {s.slices.shape[-1] for s in series} | {s.slices.shape[-2] for s in series}
+            if len(shapes) != 1:
+                raise ConfigError([f"data.whole_slices: the training slices must all be square "
+                                   f"and of one size to batch them whole; found sides "
+                                   f"{sorted(shapes)}"], source=setup.config.name)
         counts = np.array([len(s.slices) for s in series], dtype=float)
         self.weights = counts / counts.sum()
         self._stats: dict[tuple[str, float], tuple[float, float]] = {}
@@ -158,7 +165,7 @@ class BatchSampler:
                 index = int(rng.integers(len(series.slices)))
                 x, y = self.setup.task.train_pair(series, index, level, rng,
                                                   int(cfg["patch_size"]), self.setup.channels,
-                                                  int(cfg["context"]))
+                                                  int(cfg["context"]), bool(cfg["whole_slices"]))
                 if (y > threshold).mean() >= float(cfg["min_foreground"]):
                     break
             offset, span = self.input_params(series, level)

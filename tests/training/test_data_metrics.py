@@ -94,6 +94,20 @@ def test_kspace_pairs_are_on_the_whole_slice_grid(context: int):
     aligned = np.mean(errors.pop((0, 0)))
     assert all(aligned < 0.5 * np.mean(e) for e in errors.values())
 
+
+def test_whole_slice_kspace_pairs_are_what_the_node_gives_the_network():
+    series = load_series([MR_DIR])[0]
+    task = Task.from_config({"kind": "kspace", "scale": 2})
+    x, y = task.train_pair(series, 12, 2.0, np.random.default_rng(1), 64, whole=True)
+    assert x.shape == (1, 128, 128) and y.shape == (1, 256, 256)
+    np.testing.assert_allclose(x, kspace_truncate(y, 2))  # the whole slice's own k-space
+    turned = {task.train_pair(series, 12, 2.0, np.random.default_rng(k), 64,
+                              whole=True)[1].tobytes() for k in range(12)}
+    assert len(turned) > 1  # flipped and turned, not always the same view
+    with pytest.raises(TaskError, match="whole_slices"):
+        Task.from_config({"kind": "block_mean", "scale": 2}).train_pair(
+            series, 0, 2.0, np.random.default_rng(0), 32, whole=True)
+
 def test_normalisation_uses_the_input_series():
     series = np.linspace(0, 1000, 4 * 10 * 10).reshape(4, 10, 10)
     offset, span = Normalisation(low_percentile=0, high_percentile=100).params(series)

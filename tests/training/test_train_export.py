@@ -185,6 +185,10 @@ def test_config_errors_name_their_keys(tmp_path: Path):
     text = str(info.value)
     for fragment in ("optimizer.name", "data.slices", "[discriminator]", "bogus: unknown key"):
         assert fragment in text
+    raw = _config(tmp_path, tmp_path / "x")
+    raw["data"].update(whole_slices=True, context=4)
+    with pytest.raises(ConfigError, match="whole_slices"):
+        parse_config(raw)
     path = tmp_path / "bad.toml"
     path.write_text("name = 'x'\n[train]\nspeed = 3\n")
     assert cli.main(["train", str(path)]) == 1
