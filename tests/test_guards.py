@@ -5,15 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 
-from dicomnode.degradations import block_mean, kspace_truncate
+from dicomnode.degradations import block_mean, kspace_truncate, zero_filled
 from dicomnode.enhance import derivation_for
 from dicomnode.errors import ModelError
 from dicomnode.guards import (
     active_guards,
     apply_guards,
     block_mean_consistency,
+    detail_weight,
     kspace_consistency,
     low_pass,
     preserve_intensity,
@@ -21,6 +23,7 @@ from dicomnode.guards import (
     setting_problems,
 )
 from dicomnode.zoo import load_card, load_model, verify_weights
+from tests.conftest import MR_DIR
 from tests.model_factory import TINY_DNCNN, TINY_RLFN, write_model
 
 RNG = np.random.default_rng(11)
@@ -75,12 +78,6 @@ def test_consistency_keeps_detail_the_input_does_not_contradict() -> None:
 def test_an_already_interpolated_series_gets_no_made_up_detail() -> None:
     """A slice the scanner zero-filled from half its matrix has nothing left to super-resolve:
     the guard takes out every bit of a network's detail there, and keeps it on native slices."""
-    import pydicom
-
-    from dicomnode.degradations import zero_filled
-    from dicomnode.guards import detail_weight
-    from tests.conftest import MR_DIR
-
     native = np.stack([pydicom.dcmread(p).pixel_array.astype(np.float64)
                        for p in sorted(MR_DIR.glob("*.dcm"))[14:17]])
     interpolated = zero_filled(kspace_truncate(native, 2), 2)

@@ -21,8 +21,7 @@ _SECTIONS = {
     "normalisation", "architecture", "discriminator", "loss", "optimizer", "schedule", "train",
 }
 _DATA = {"train", "val", "val_fraction", "val_patients", "patch_size", "batch_size", "slices",
-         "val_max_slices", "licences", "min_foreground", "context",
-         "whole_slices"}
+         "val_max_slices", "licences", "min_foreground", "context", "whole_slices"}
 _LOSS = {"l1", "mse", "ssim", "adversarial", "adversarial_type", "perceptual",
          "perceptual_weights", "perceptual_layer"}
 _OPT = {"name", "lr", "weight_decay", "betas", "d_lr"}

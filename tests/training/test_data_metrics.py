@@ -72,7 +72,6 @@ def test_rician_pairs_and_super_resolution_pairs(mr_patients: Path):
     assert back.kind == "rician" and back.eval_levels == (0.03, 0.07)
 
 
-
 @pytest.mark.parametrize("context", [0, 8])
 def test_kspace_pairs_are_on_the_whole_slice_grid(context: int):
     """Flips and crops come before the truncation: an even-size centred k-space window is not
@@ -107,6 +106,7 @@ def test_whole_slice_kspace_pairs_are_what_the_node_gives_the_network():
     with pytest.raises(TaskError, match="whole_slices"):
         Task.from_config({"kind": "block_mean", "scale": 2}).train_pair(
             series, 0, 2.0, np.random.default_rng(0), 32, whole=True)
+
 
 def test_normalisation_uses_the_input_series():
     series = np.linspace(0, 1000, 4 * 10 * 10).reshape(4, 10, 10)

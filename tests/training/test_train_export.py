@@ -194,7 +194,6 @@ def test_config_errors_name_their_keys(tmp_path: Path):
     assert cli.main(["train", str(path)]) == 1
 
 
-
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[2] / "training" / "configs")
                                         .glob("*.toml")), ids=lambda p: p.stem)
 def test_every_shipped_config_parses(path: Path):
@@ -206,6 +205,7 @@ def test_every_shipped_config_parses(path: Path):
     if init:
         others = {load_config(p).train["out_dir"] for p in path.parent.glob("*.toml") if p != path}
         assert init in others, f"{path.name}: init_from {init!r} is no other config's out_dir"
+
 
 def test_schedules():
     cosine = {"name": "cosine", "warmup": 10, "min_lr_ratio": 0.0, "step_size": 1, "gamma": 1}
