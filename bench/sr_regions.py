@@ -1,11 +1,11 @@
-"""Where a k-space super-resolution model's error is: tissue, background, and the image edges.
+"""Where a k-space super-resolution model's error is, series by series.
 
 PSNR over the whole image can rise while a model puts stripes in the background along the image
-edges (a network trained on crops learns to answer each crop's FFT wrap-around). This prints,
-for each validation MR series degraded as in the evaluation (central half of k-space), the RMS
-error against the reference of zero-filling and of the model (with the node's guards) in:
-tissue (reference above 5 % of its 99th percentile), background, and background within 24
-pixels of each image edge.
+edges (a network trained on crops learns to answer each crop's FFT wrap-around). ``dicomnode-train
+evaluate`` checks the pooled regions (``training.regions``); this prints them per validation MR
+series, degraded as in the evaluation (central half of k-space): RMS error against the reference
+of zero-filling and of the model (with the node's guards) over the whole image, tissue,
+background, and background within 24 pixels of each image edge.
 
     PYTHONPATH=. python bench/sr_regions.py [--model mr-sr-x2] [--models-dir DIR] [folders...]
 """
@@ -22,30 +22,16 @@ import torch
 from dicomnode.degradations import kspace_truncate, zero_filled
 from training.data import load_series
 from training.evaluate import load_model
+from training.regions import pooled_rms, region_masks, squared_errors
 
 DEFAULT_SERIES = [Path("../shared/data/mr_siemens_prisma_t1_fl2d_sag_35sl"),
                   Path("../shared/data/train/mr_siemens_prisma_t1_fl2d_sag_HFP_35sl")]
-EDGE = 24
-
-
-def regions(reference: np.ndarray) -> dict[str, np.ndarray]:
-    """Boolean masks over (slices, rows, columns)."""
-    background = reference < 0.05 * np.percentile(reference, 99)
-    masks = {"tissue": ~background, "background": background}
-    sides = {"top": (slice(None), slice(0, EDGE)), "bottom": (slice(None), slice(-EDGE, None)),
-             "left": (slice(None), slice(None), slice(0, EDGE)),
-             "right": (slice(None), slice(None), slice(-EDGE, None))}
-    for name, index in sides.items():
-        band = np.zeros_like(background)
-        band[index] = True
-        masks[f"background, {name} {EDGE} px"] = background & band
-    return masks
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="*", type=Path, default=DEFAULT_SERIES)
-    parser.add_argument("--model", default="mr-sr-x2")
+    parser.add_argument("--model", default="mr-sr-x2", help="zoo name or run folder")
     parser.add_argument("--models-dir", type=Path, default=None)
     args = parser.parse_args()
     logging.disable(logging.WARNING)
@@ -54,15 +40,14 @@ def main() -> None:
     for series in load_series(args.folders):
         reference = series.slices.astype(np.float64)
         low = kspace_truncate(reference, model.scale)
-        baseline = zero_filled(low, model.scale)
         with torch.inference_mode():
             output = model.predict(low)
+        outputs = {"zero_filled": zero_filled(low, model.scale), "model": output}
+        rms = pooled_rms([squared_errors(reference, outputs)])
         print(f"{series.series_uid[-14:]} ({len(reference)} slices)")
-        for name, mask in regions(reference).items():
-            zf = np.sqrt(np.mean((baseline - reference)[mask] ** 2))
-            ours = np.sqrt(np.mean((output - reference)[mask] ** 2))
-            print(f"  {name:28s} {mask.mean() * 100:5.1f} % of pixels   RMS zero-filled "
-                  f"{zf:7.2f}   model {ours:7.2f}")
+        for name, mask in region_masks(reference).items():
+            print(f"  {name:18s} {mask.mean() * 100:5.1f} % of pixels   RMS zero-filled "
+                  f"{rms[name]['zero_filled']:7.2f}   model {rms[name]['model']:7.2f}")
 
 
 if __name__ == "__main__":

@@ -192,6 +192,24 @@ def test_the_shipped_zoo_loads() -> None:
         load_model(card.name, device="cpu")
 
 
+def test_every_shipped_learned_model_passes_its_own_evaluation() -> None:
+    """A card records that its model beats every baseline and is nowhere worse than the best.
+
+    The numbers come from ``dicomnode-train evaluate --update-card`` (or export); this keeps a
+    model whose evaluation failed, or that was never evaluated region by region, out of the zoo.
+    """
+    from dicomnode.zoo import list_cards
+
+    cards, _problems = list_cards()
+    learned = [card for card in cards if card.learned]
+    assert len(learned) >= 4
+    for card in learned:
+        assert card.metrics.get("beats_all_baselines") is True, card.name
+        assert card.metrics.get("regions_ok") is True, (card.name, [
+            level.get("worse_regions") for level in card.metrics.values()
+            if isinstance(level, dict)])
+
+
 # --- end to end through the command line ----------------------------------------------------
 
 

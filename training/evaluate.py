@@ -25,6 +25,7 @@ from training.config import parse_config
 from training.data import SeriesData, stable_seed
 from training.metrics import average, beats, series_metrics
 from training.predict import predict_series
+from training.regions import MARGIN, pooled_rms, squared_errors, worse_regions
 from training.tasks import Normalisation, Task
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,7 @@ def evaluate(
 
         iterator = tqdm(iterator, desc="evaluate", unit="series")
     per_level: dict[str, list[dict[str, Any]]] = {}
+    region_sums: dict[str, list[dict[str, dict[str, list[float]]]]] = {}
     for s, level in iterator:
         rng = np.random.default_rng(stable_seed("eval", s.key, level))
         inputs = task.degrade_series(s, level, rng)
@@ -130,15 +132,19 @@ def evaluate(
         if task.task == "denoise":
             outputs["input"] = inputs
         scores = series_metrics(reference, outputs)
+        sums = squared_errors(reference, outputs)
+        region_sums.setdefault(str(level), []).append(sums)
         per_level.setdefault(str(level), []).append({
             "series": s.series_uid, "patient_index": _patient_index(chosen, s),
-            "modality": s.modality, "slices": len(s.slices), "metrics": scores})
+            "modality": s.modality, "slices": len(s.slices), "metrics": scores,
+            "region_rms": pooled_rms([sums])})
         if panels is not None:
             best = max(baselines, key=lambda k: scores[k]["psnr"])
             write_panel(panels / f"{_safe(s.series_uid)}_{level:g}.png", inputs, baselines[best],
                         best, output, reference, title=f"{model.name} @ {level:g}",
                         window=CT_WINDOW if s.modality == "CT" else None)
     all_beat = True
+    regions_ok = True
     for level, rows in per_level.items():
         mean = average([r["metrics"] for r in rows])
         wins = {name: beats(mean["model"], mean[name]) for name in mean
@@ -151,9 +157,16 @@ def evaluate(
                 gains[name]["psnr_foreground_db"] = (mean["model"]["psnr_foreground"]
                                                      - mean[name]["psnr_foreground"])
         all_beat = all_beat and all(wins.values())
+        best = max(wins, key=lambda name: mean[name]["psnr"])
+        rms = pooled_rms(region_sums[level])
+        worse = worse_regions(rms, best)
+        regions_ok = regions_ok and not worse
         result["levels"][level] = {"per_series": rows, "mean": mean, "beats": wins,
-                                   "gain": gains}
+                                   "gain": gains, "best_baseline": best, "region_rms": rms,
+                                   "worse_regions": worse}
     result["beats_all_baselines"] = bool(per_level) and all_beat
+    result["region_margin"] = MARGIN
+    result["regions_ok"] = bool(per_level) and regions_ok
     return result
 
 
@@ -214,6 +227,24 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
             lines.append(f"    {name:12s} PSNR {m['psnr']:7.2f} dB  SSIM {m['ssim']:.4f}{fg}")
         lines.append("    beats: " + ", ".join(f"{k}={'yes' if v else 'NO'}"
                                                for k, v in block["beats"].items()))
+        if "region_rms" in block:
+            lines.extend(_region_lines(block))
+    return lines
+
+
+def _region_lines(block: dict[str, Any]) -> list[str]:
+    """RMS error per region, model vs the best baseline, and the regions that fail the check."""
+    best = block["best_baseline"]
+    cells = []
+    for region, by_name in block["region_rms"].items():
+        ours, theirs = by_name.get("model"), by_name.get(best)
+        if ours is not None and theirs is not None:
+            cells.append(f"{region} {ours:.3g}/{theirs:.3g}")
+    lines = [f"    RMS error by region, model/{best}: " + ", ".join(cells)]
+    for w in block["worse_regions"]:
+        excess = f"+{w['excess'] * 100:.0f} %" if w["excess"] is not None else "baseline exact"
+        lines.append(f"    WORSE than {best} in {w['region']}: {w['model_rms']:.3g} vs "
+                     f"{w['baseline_rms']:.3g} RMS ({excess})")
     return lines
 
 

@@ -156,6 +156,9 @@ def _metrics_table(evaluation: Mapping[str, Any] | None, source: Path) -> dict[s
         "slices": evaluation["slices"],
         "beats_all_baselines": bool(evaluation["beats_all_baselines"]),
     }
+    if "regions_ok" in evaluation:
+        table["regions_ok"] = bool(evaluation["regions_ok"])
+        table["region_margin"] = evaluation["region_margin"]
     if evaluation.get("validation_data"):
         table["validation_data"] = [_relative(p) for p in evaluation["validation_data"]]
     for level, block in evaluation["levels"].items():
@@ -167,8 +170,26 @@ def _metrics_table(evaluation: Mapping[str, Any] | None, source: Path) -> dict[s
         if all("psnr_foreground_db" in v for v in block["gain"].values()):
             entry["gain_psnr_foreground_db"] = {k: round(v["psnr_foreground_db"], 3)
                                                 for k, v in block["gain"].items()}
+        if "region_rms" in block:
+            entry.update(_region_entries(block))
         table[f"{evaluation['degradation']['level']}_{level}"] = entry
     return table
+
+
+def _region_entries(block: Mapping[str, Any]) -> dict[str, Any]:
+    """RMS error per region of the model and the best baseline, and the regions that failed."""
+    best = block["best_baseline"]
+    regions = list(block["region_rms"])
+
+    def column(name: str) -> list[float]:
+        values = (block["region_rms"][r].get(name) for r in regions)
+        return [round(v, 3) if v is not None else float("nan") for v in values]
+
+    return {
+        "region_rms": {"regions": regions, "model": column("model"), best: column(best)},
+        "worse_regions": [f"{w['region']}: model {w['model_rms']:.3f} vs {best} "
+                          f"{w['baseline_rms']:.3f} RMS" for w in block["worse_regions"]],
+    }
 
 
 # --- a small TOML writer (tables, arrays, strings, numbers, booleans) -------------------------

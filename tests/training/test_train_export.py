@@ -76,7 +76,12 @@ def test_export_round_trip_and_evaluate_reproduces_the_card(mr_patients: Path, t
     assert card.degradation["kind"] == "rician"
     assert card.training["licences"] == ["BSD-2-Clause (test)"]
     level = card.metrics["sigma_fraction_0.05"]
-    assert set(level) >= {"model", "nl_means", "beats", "gain_psnr_db"}
+    assert set(level) >= {"model", "nl_means", "beats", "gain_psnr_db", "worse_regions"}
+    assert isinstance(card.metrics["regions_ok"], bool)
+    assert card.metrics["regions_ok"] == (level["worse_regions"] == [])
+    rms = level["region_rms"]  # the model against the best baseline, region by region
+    assert rms["regions"][:3] == ["image", "tissue", "background"]
+    assert len(rms["model"]) == len(rms["nl_means"]) == len(rms["regions"]) == 7
 
     out = tmp_path / "eval.json"
     capsys.readouterr()
@@ -87,6 +92,10 @@ def test_export_round_trip_and_evaluate_reproduces_the_card(mr_patients: Path, t
     assert set(mean) == {"model", "nl_means", "input"}
     assert mean["model"]["psnr"] == pytest.approx(level["model"]["psnr"], abs=1e-3)
     assert mean["nl_means"]["ssim"] == pytest.approx(level["nl_means"]["ssim"], abs=1e-4)
+    block = result["levels"]["0.05"]
+    assert block["best_baseline"] == "nl_means"
+    assert block["region_rms"]["image"]["model"] == pytest.approx(rms["model"][0], abs=1e-3)
+    assert set(block["per_series"][0]["region_rms"]) == set(rms["regions"])
     assert list((tmp_path / "eval_panels").glob("*.png"))
     assert "nl_means" in capsys.readouterr().out
     # A checkpoint evaluates the same way, without a card.
@@ -189,6 +198,10 @@ def test_config_errors_name_their_keys(tmp_path: Path):
     raw["data"].update(whole_slices=True, context=4)
     with pytest.raises(ConfigError, match="whole_slices"):
         parse_config(raw)
+    raw = _config(tmp_path, tmp_path / "x")  # rician: inverting an MR is not the same exposure
+    raw["data"]["invert"] = True
+    with pytest.raises(ConfigError, match="invert = true applies to radiograph noise"):
+        parse_config(raw)
     path = tmp_path / "bad.toml"
     path.write_text("name = 'x'\n[train]\nspeed = 3\n")
     assert cli.main(["train", str(path)]) == 1
@@ -214,6 +227,29 @@ def test_schedules():
     assert lr_factor(cosine, 100, 100) == pytest.approx(0.0)
     step = {"name": "step", "warmup": 0, "step_size": 10, "gamma": 0.5, "min_lr_ratio": 0}
     assert lr_factor(step, 25, 100) == pytest.approx(0.25)
+    # follow_time_limit: the clock's share of the limit drives the cosine when it is ahead.
+    assert lr_factor(cosine, 55, 100, time_fraction=1.0) == pytest.approx(0.0)
+    assert lr_factor(cosine, 10, 100, time_fraction=0.5) == pytest.approx(0.5)
+    assert lr_factor(cosine, 55, 100, time_fraction=0.1) == pytest.approx(0.5)  # iterations ahead
+
+
+def test_a_time_limited_run_can_end_annealed(mr_patients: Path, tmp_path: Path):
+    """schedule.follow_time_limit: a run stopped by its time limit long before its iteration
+    count still ends near the cosine's floor; without it, it stops near the peak."""
+    ends = {}
+    for follow in (True, False):
+        raw = _config(mr_patients, tmp_path / f"run{follow}",
+                      train={"iterations": 100000, "val_every": 100000, "log_every": 1,
+                             "time_limit_minutes": 0.05})
+        raw["schedule"] = {"name": "cosine", "min_lr_ratio": 0.0, "follow_time_limit": follow}
+        run = train(parse_config(raw), progress=False)
+        history = json.loads((run / HISTORY).read_text())
+        assert history["iteration"][-1] < 100000
+        ends[follow] = history["lr"][-1] / raw["optimizer"]["lr"]
+    assert ends[True] < 0.1 and ends[False] > 0.99
+    raw["schedule"] = {"name": "step", "follow_time_limit": True}
+    with pytest.raises(ConfigError, match="follow_time_limit"):
+        parse_config(raw)
 
 
 def test_toml_writer_round_trips():

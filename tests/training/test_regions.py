@@ -1,0 +1,80 @@
+"""The per-region error check: a model worse than its baseline along an image edge is caught."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from training.regions import EDGE_PX, pooled_rms, region_masks, squared_errors, worse_regions
+
+
+def _phantom() -> np.ndarray:
+    """Two slices: a bright disc (tissue) on a dark background with a faint floor."""
+    rows, cols = np.mgrid[:96, :96]
+    disc = ((rows - 48) ** 2 + (cols - 48) ** 2) < 30**2
+    image = np.where(disc, 1000.0, 5.0)
+    return np.stack([image, image])
+
+
+def test_masks_split_tissue_background_and_edge_bands():
+    reference = _phantom()
+    masks = region_masks(reference)
+    assert masks["tissue"][0, 48, 48] and not masks["tissue"][0, 2, 2]
+    assert not np.any(masks["tissue"] & masks["background"])
+    assert np.all(masks["tissue"] | masks["background"]) and masks["image"].all()
+    right = masks["background_right"]
+    assert right[:, :, -EDGE_PX:].any() and not right[:, :, :-EDGE_PX].any()
+    top = masks["background_top"]
+    assert top[:, :EDGE_PX].any() and not top[:, EDGE_PX:].any()
+    # An edge band holds background only.
+    assert not np.any(masks["background_left"] & masks["tissue"])
+
+
+def test_stripes_along_one_edge_fail_the_check_where_the_whole_image_would_not():
+    reference = _phantom()
+    rng = np.random.default_rng(0)
+    baseline = reference + rng.normal(0, 4.0, reference.shape)
+    model = reference + rng.normal(0, 2.0, reference.shape)
+    model[:, :, -6:] += 12.0 * np.sign(np.sin(np.arange(96)))[None, :, None]
+    whole_baseline = np.sqrt(np.mean((baseline - reference) ** 2))
+    whole_model = np.sqrt(np.mean((model - reference) ** 2))
+    assert whole_model < whole_baseline  # better on the whole image ...
+    rms = pooled_rms([squared_errors(reference, {"model": model, "base": baseline})])
+    worse = worse_regions(rms, "base")
+    assert [w["region"] for w in worse] == ["background_right"]  # ... worse at one edge
+    assert worse[0]["model_rms"] > worse[0]["baseline_rms"] * 1.1
+    assert worse_regions(rms, "base", margin=10.0) == []
+
+
+def test_a_near_exact_region_fails_only_beyond_a_tenth_of_the_whole_image_error():
+    reference = _phantom()
+    rng = np.random.default_rng(1)
+    baseline = reference + rng.normal(0, 4.0, reference.shape)
+    baseline[:, :, :EDGE_PX] = reference[:, :, :EDGE_PX] + 0.1  # a blank border, almost exact
+    slightly = baseline.copy()
+    slightly[:, :, :EDGE_PX] = reference[:, :, :EDGE_PX] + 0.3  # 3x the baseline, 0.3 of 4
+    clearly = baseline.copy()
+    clearly[:, :, :EDGE_PX] = reference[:, :, :EDGE_PX] + 1.0
+    rms = pooled_rms([squared_errors(reference, {"slightly": slightly, "clearly": clearly,
+                                                 "base": baseline})])
+    assert worse_regions(rms, "base", model="slightly") == []
+    assert [w["region"] for w in worse_regions(rms, "base", model="clearly")] == [
+        "background_left"]
+
+
+def test_rms_is_pooled_over_pixels_of_all_series():
+    reference = _phantom()
+    small, large = reference + 1.0, reference + 3.0
+    one = squared_errors(reference, {"model": small})
+    two = squared_errors(reference, {"model": large})
+    rms = pooled_rms([one, two])
+    assert np.isclose(rms["tissue"]["model"], np.sqrt((1 + 9) / 2))
+    assert pooled_rms([]) == {}
+
+
+def test_an_exact_baseline_makes_any_model_error_worse():
+    reference = _phantom()
+    rms = pooled_rms([squared_errors(reference, {"model": reference + 1.0, "base": reference})])
+    assert rms["image"]["base"] == 0.0
+    worse = worse_regions(rms, "base")
+    assert {w["region"] for w in worse} == set(region_masks(reference))
+    assert all(w["excess"] is None for w in worse)
