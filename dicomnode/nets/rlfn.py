@@ -20,6 +20,13 @@ output to the zero-filled k-space interpolation of the input: the net only has t
 zero filling cannot give (the missing high frequencies), which the paper's plain PixelShuffle
 tail must otherwise learn from scratch, low frequencies included. All computation stays at the
 input resolution; the FFTs cost O(n log n) at the output size.
+
+``padding = "circular"`` (our addition, for that base) pads every 3x3 convolution periodically.
+Zero-filling is a circular operation: its ringing at one image edge comes from the structures at
+the opposite edge (the FFT wraps around). With zero padding the network cannot see across that
+wrap and is worst exactly along the edges; with circular padding its receptive field wraps as the
+error does. The weights are the same either way, so a zero-padded model can be fine-tuned into a
+circular one.
 """
 
 from __future__ import annotations
@@ -36,12 +43,12 @@ from dicomnode.nets._common import check_channels, check_choice, check_int
 class _ESA(nn.Module):
     """Enhanced spatial attention, in RLFN's simplified form (no conv_max / conv3_ branch)."""
 
-    def __init__(self, features: int, esa_channels: int) -> None:
+    def __init__(self, features: int, esa_channels: int, padding: str = "zeros") -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(features, esa_channels, 1)
         self.conv_f = nn.Conv2d(esa_channels, esa_channels, 1)
         self.conv2 = nn.Conv2d(esa_channels, esa_channels, 3, 2, 0)
-        self.conv3 = nn.Conv2d(esa_channels, esa_channels, 3, 1, 1)
+        self.conv3 = nn.Conv2d(esa_channels, esa_channels, 3, 1, 1, padding_mode=padding)
         self.conv4 = nn.Conv2d(esa_channels, features, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -60,18 +67,18 @@ class _ESA(nn.Module):
 class _RLFB(nn.Module):
     """Residual local feature block: 3 x (3x3 conv, LeakyReLU 0.05), residual, 1x1 conv, ESA."""
 
-    def __init__(self, features: int, esa_channels: int) -> None:
+    def __init__(self, features: int, esa_channels: int, padding: str = "zeros") -> None:
         super().__init__()
         self.convs = nn.Sequential(
-            nn.Conv2d(features, features, 3, 1, 1),
+            nn.Conv2d(features, features, 3, 1, 1, padding_mode=padding),
             nn.LeakyReLU(0.05),
-            nn.Conv2d(features, features, 3, 1, 1),
+            nn.Conv2d(features, features, 3, 1, 1, padding_mode=padding),
             nn.LeakyReLU(0.05),
-            nn.Conv2d(features, features, 3, 1, 1),
+            nn.Conv2d(features, features, 3, 1, 1, padding_mode=padding),
             nn.LeakyReLU(0.05),
         )
         self.fuse = nn.Conv2d(features, features, 1)
-        self.esa = _ESA(features, esa_channels)
+        self.esa = _ESA(features, esa_channels, padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.esa(self.fuse(x + self.convs(x)))
@@ -81,7 +88,8 @@ class RLFN(nn.Module):
     """Residual Local Feature Network.
 
     Parameters: ``in_channels`` (1; 3 = 2.5D), ``out_channels`` (1), ``scale`` (2, 3, 4, 8;
-    default 4), ``num_features`` (52), ``num_blocks`` (6), ``esa_channels`` (16), as in the paper.
+    default 4), ``num_features`` (52), ``num_blocks`` (6), ``esa_channels`` (16), as in the paper;
+    ``base`` ("none" or "zero_filled") and ``padding`` ("zeros" or "circular"), see the module.
     """
 
     supported_scales: ClassVar[tuple[int, ...]] = (2, 3, 4, 8)
@@ -96,19 +104,22 @@ class RLFN(nn.Module):
         num_blocks: int = 6,
         esa_channels: int = 16,
         base: str = "none",
+        padding: str = "zeros",
     ) -> None:
         super().__init__()
         self.base = check_choice("base", base, BASES)
+        self.padding = check_choice("padding", padding, PADDINGS)
         self.in_channels, self.out_channels = check_channels(in_channels, out_channels)
         self.scale = check_choice("scale", scale, self.supported_scales)
         nf = check_int("num_features", num_features)
         blocks = check_int("num_blocks", num_blocks)
         esa = check_int("esa_channels", esa_channels)
-        self.conv_first = nn.Conv2d(self.in_channels, nf, 3, 1, 1)
-        self.blocks = nn.Sequential(*(_RLFB(nf, esa) for _ in range(blocks)))
-        self.conv_body = nn.Conv2d(nf, nf, 3, 1, 1)
+        self.conv_first = nn.Conv2d(self.in_channels, nf, 3, 1, 1, padding_mode=padding)
+        self.blocks = nn.Sequential(*(_RLFB(nf, esa, padding) for _ in range(blocks)))
+        self.conv_body = nn.Conv2d(nf, nf, 3, 1, 1, padding_mode=padding)
         self.upsample = nn.Sequential(
-            nn.Conv2d(nf, self.out_channels * self.scale * self.scale, 3, 1, 1),
+            nn.Conv2d(nf, self.out_channels * self.scale * self.scale, 3, 1, 1,
+                      padding_mode=padding),
             nn.PixelShuffle(self.scale),
         )
         if self.base == "zero_filled":  # start as the zero-filled image exactly
@@ -126,6 +137,7 @@ class RLFN(nn.Module):
 
 
 BASES = ("none", "zero_filled")
+PADDINGS = ("zeros", "circular")
 
 
 def _centre(full: int, part: int) -> slice:

@@ -315,3 +315,26 @@ def test_rlfn_zero_filled_base_starts_as_the_baseline_and_matches_numpy():
     assert torch.allclose(three(x3), zero_filled(x3[:, 1:2], 2), atol=1e-6)  # centre slice
     with pytest.raises(ModelError, match="base"):
         RLFN(scale=2, base="bicubic")
+
+
+def test_rlfn_circular_padding_sees_across_the_wrap_with_the_same_weights():
+    """padding = "circular": an output pixel at one image corner depends on the opposite
+    corner, as zero-filling's ringing does; zero padding cannot see it. Same weights either way,
+    so a zero-padded model fine-tunes into a circular one."""
+    from dicomnode.errors import ModelError
+    from dicomnode.nets.rlfn import RLFN
+
+    torch.manual_seed(0)
+    params = {"scale": 2, "num_features": 8, "num_blocks": 1, "esa_channels": 4}
+    zeros = RLFN(**params).eval()
+    circular = RLFN(**params, padding="circular").eval()
+    circular.load_state_dict(zeros.state_dict())
+    x = torch.rand(1, 1, 96, 96)
+    poked = x.clone()
+    poked[..., -1, -1] += 10.0
+    with torch.no_grad():
+        wrap = (circular(poked) - circular(x))[..., :2, :2].abs().max()
+        no_wrap = (zeros(poked) - zeros(x))[..., :2, :2].abs().max()
+    assert wrap > 1e-4 and no_wrap == 0
+    with pytest.raises(ModelError, match="padding"):
+        RLFN(**params, padding="reflect")
