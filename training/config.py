@@ -21,11 +21,11 @@ _SECTIONS = {
     "normalisation", "architecture", "discriminator", "loss", "optimizer", "schedule", "train",
 }
 _DATA = {"train", "val", "val_fraction", "val_patients", "patch_size", "batch_size", "slices",
-         "val_max_slices", "licences", "min_foreground", "context", "whole_slices"}
+         "val_max_slices", "licences", "min_foreground", "context", "whole_slices", "invert"}
 _LOSS = {"l1", "mse", "ssim", "adversarial", "adversarial_type", "perceptual",
          "perceptual_weights", "perceptual_layer"}
 _OPT = {"name", "lr", "weight_decay", "betas", "d_lr"}
-_SCHED = {"name", "warmup", "step_size", "gamma", "min_lr_ratio"}
+_SCHED = {"name", "warmup", "step_size", "gamma", "min_lr_ratio", "follow_time_limit"}
 _TRAIN = {"iterations", "time_limit_minutes", "amp", "channels_last", "threads", "val_every",
           "checkpoint_every", "log_every", "out_dir", "device", "grad_clip", "d_start",
           "init_from"}
@@ -98,7 +98,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "config") -> TrainConfig:
         name = ""
     data = {"val": [], "val_fraction": 0.2, "val_patients": [], "patch_size": 64,
             "batch_size": 16, "slices": 1, "val_max_slices": 12, "licences": [],
-            "min_foreground": 0.05, "context": 0, "whole_slices": False,
+            "min_foreground": 0.05, "context": 0, "whole_slices": False, "invert": False,
             **table("data", _DATA, required=True)}
     if not data.get("train"):
         problems.append("data.train: required, a list of DICOM folders")
@@ -121,6 +121,11 @@ def parse_config(raw: Mapping[str, Any], source: str = "config") -> TrainConfig:
         problems.append("data.whole_slices = true takes no data.context: a whole slice has no "
                         "patch edges to keep out of the loss")
     degradation = table("degradation", None, required=True)
+    if not isinstance(data["invert"], bool):
+        problems.append(f"data.invert = {data['invert']!r}: expected true or false")
+    elif data["invert"] and (degradation or {}).get("kind") != "poisson_gaussian":
+        problems.append("data.invert = true applies to radiograph noise (degradation.kind = "
+                        "\"poisson_gaussian\") only: it swaps MONOCHROME1 and MONOCHROME2")
     architecture = table("architecture", None, required=True)
     if architecture and not isinstance(architecture.get("name"), str):
         problems.append("architecture.name: required, a registered network (dicomnode models "
@@ -146,7 +151,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "config") -> TrainConfig:
         problems.append(f"optimizer.name = {optimizer['name']!r}: expected 'adam' or 'adamw'")
     optimizer.setdefault("d_lr", optimizer["lr"])
     schedule = {"name": "cosine", "warmup": 0, "step_size": 1000, "gamma": 0.5,
-                "min_lr_ratio": 0.01, **table("schedule", _SCHED)}
+                "min_lr_ratio": 0.01, "follow_time_limit": False, **table("schedule", _SCHED)}
     if schedule["name"] not in ("cosine", "step", "constant"):
         problems.append(f"schedule.name = {schedule['name']!r}: expected cosine, step or "
                         "constant")
@@ -154,6 +159,13 @@ def parse_config(raw: Mapping[str, Any], source: str = "config") -> TrainConfig:
              "channels_last": True, "threads": 1, "val_every": 200, "checkpoint_every": 200,
              "log_every": 20, "out_dir": f"runs/{name}", "device": "auto", "grad_clip": 0.0,
              "d_start": 0, "init_from": "", **table("train", _TRAIN)}
+    if not isinstance(schedule["follow_time_limit"], bool):
+        problems.append(f"schedule.follow_time_limit = {schedule['follow_time_limit']!r}: "
+                        "expected true or false")
+    elif schedule["follow_time_limit"] and (
+            schedule["name"] != "cosine" or not train["time_limit_minutes"]):
+        problems.append("schedule.follow_time_limit = true needs schedule.name = \"cosine\" "
+                        "and a train.time_limit_minutes above 0 to follow")
     if train["amp"] not in ("none", "bf16", "fp16"):
         problems.append(f"train.amp = {train['amp']!r}: expected none, bf16 or fp16")
     if not isinstance(train["iterations"], int) or train["iterations"] < 1:

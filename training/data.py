@@ -102,6 +102,30 @@ def load_series(
     return result
 
 
+def inverted(series: SeriesData) -> SeriesData:
+    """The series with its grey scale inverted and its photometric interpretation swapped.
+
+    Radiographs come both ways (MONOCHROME1: bright = little exposure; MONOCHROME2: the
+    reverse). Read-noise-only regions (collimation, a reader's blank border) sit at one end of
+    the range in one and at the other end in the other; a network trained on one sees them
+    only at that end. Inverting the stored values and the interpretation together describes the
+    same exposure, so the noise model (``rand_poisson_gaussian``) puts the noise in the same
+    places. The copy keeps the patient (splits stay by patient) and marks its series UID.
+    """
+    swap = {"MONOCHROME1": "MONOCHROME2", "MONOCHROME2": "MONOCHROME1"}
+    if series.photometric not in swap:
+        raise ValueError(f"series {series.series_uid}: cannot invert {series.photometric} "
+                         "(grayscale radiographs only)")
+    low, high = float(series.slices.min()), float(series.slices.max())
+    return SeriesData(
+        patient_id=series.patient_id, series_uid=series.series_uid + "/inverted",
+        modality=series.modality, folder=series.folder,
+        slices=((low + high) - series.slices).astype(np.float32),
+        pixel_spacing=series.pixel_spacing, photometric=swap[series.photometric],
+        description=series.description,
+    )
+
+
 def _spacing(ds: pydicom.Dataset) -> float | None:
     """Mean in-plane spacing in mm (PixelSpacing, else ImagerPixelSpacing); None if unusable."""
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):

@@ -32,7 +32,14 @@ from dicomnode.guards import default_guards
 from dicomnode.nets import build_network
 from training import losses
 from training.config import TrainConfig, resolve
-from training.data import SeriesData, check_disjoint, load_series, split_by_patient, stable_seed
+from training.data import (
+    SeriesData,
+    check_disjoint,
+    inverted,
+    load_series,
+    split_by_patient,
+    stable_seed,
+)
 from training.evaluate import guarded
 from training.metrics import average, series_metrics
 from training.predict import autocast, predict_series
@@ -97,13 +104,21 @@ def load_data(config: TrainConfig) -> tuple[list[SeriesData], list[SeriesData]]:
     else:
         train, val = split_by_patient(train, float(data["val_fraction"]), config.seed,
                                       data["val_patients"])
+    if data["invert"]:  # training only: validation stays what the node will meet
+        train = train + [inverted(s) for s in train]
     return train, val
 
 
 # --- learning-rate schedule -------------------------------------------------------------------
 
-def lr_factor(schedule: dict[str, Any], iteration: int, total: int) -> float:
-    """Multiplier of the base learning rate at ``iteration`` (linear warm-up, then the schedule)."""
+def lr_factor(schedule: dict[str, Any], iteration: int, total: int,
+              time_fraction: float | None = None) -> float:
+    """Multiplier of the base learning rate at ``iteration`` (linear warm-up, then the schedule).
+
+    ``time_fraction`` (elapsed / time limit, with ``follow_time_limit``): the cosine's progress
+    is the larger of the iteration's and the clock's, so a run that its time limit stops early
+    (a slower or busier machine) still ends annealed.
+    """
     warmup = int(schedule["warmup"])
     if warmup and iteration < warmup:
         return (iteration + 1) / warmup
@@ -113,6 +128,8 @@ def lr_factor(schedule: dict[str, Any], iteration: int, total: int) -> float:
     if name == "step":
         return float(schedule["gamma"]) ** ((iteration - warmup) // int(schedule["step_size"]))
     progress = (iteration - warmup) / max(1, total - warmup)
+    if time_fraction is not None:
+        progress = max(progress, time_fraction)
     floor = float(schedule["min_lr_ratio"])
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
@@ -261,6 +278,18 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     return load_file(str(path)), meta
 
 
+def _time_fraction(began: float, limit: float, world: int, device: torch.device) -> float:
+    """Elapsed share of the time limit, rank 0's clock for every rank (one LR for all)."""
+    fraction = (time.monotonic() - began) / limit
+    if world > 1:
+        import torch.distributed as dist
+
+        value = torch.tensor([fraction], dtype=torch.float64, device=device)
+        dist.broadcast(value, 0)
+        fraction = float(value.item())
+    return fraction
+
+
 # --- the loop -----------------------------------------------------------------------------------
 
 @contextmanager
@@ -395,7 +424,9 @@ def _train(config: TrainConfig, resume: bool, progress: bool, stop_after: int | 
         x, y = x.to(device), y.to(device)
         if tc["channels_last"]:
             x = x.contiguous(memory_format=torch.channels_last)
-        factor = lr_factor(config.schedule, iteration, total)
+        factor = lr_factor(config.schedule, iteration, total,
+                           _time_fraction(began, limit, world, device)
+                           if config.schedule["follow_time_limit"] and limit > 0 else None)
         for group in opt_g.param_groups:
             group["lr"] = lr * factor
         loss, parts = _generator_step(config, setup, generator, discriminator, perceptual,

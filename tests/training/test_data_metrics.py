@@ -10,7 +10,14 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from dicomnode.degradations import kspace_truncate, zero_filled
 from tests.conftest import MR_DIR
-from training.data import load_series, random_crop, random_flip_rotate, split_by_patient
+from training.data import (
+    SeriesData,
+    inverted,
+    load_series,
+    random_crop,
+    random_flip_rotate,
+    split_by_patient,
+)
 from training.metrics import average, beats, foreground, psnr, series_metrics, ssim
 from training.tasks import Normalisation, Task, TaskError
 
@@ -106,6 +113,29 @@ def test_whole_slice_kspace_pairs_are_what_the_node_gives_the_network():
     with pytest.raises(TaskError, match="whole_slices"):
         Task.from_config({"kind": "block_mean", "scale": 2}).train_pair(
             series, 0, 2.0, np.random.default_rng(0), 32, whole=True)
+
+
+def test_an_inverted_radiograph_gets_its_noise_in_the_same_places():
+    """data.invert: MONOCHROME1 <-> MONOCHROME2 with the values inverted is the same exposure,
+    so the same random draws give exactly the inverted noisy image: a blank (read-noise-only)
+    border stays read-noise-only, now at the other end of the range."""
+    ramp = np.tile(np.linspace(100.0, 1023.0, 48), (48, 1))
+    ramp[:, :8] = 0.0  # a reader's blank border: no signal in MONOCHROME1
+    series = SeriesData("P1", "1.2.3", "CR", Path("."), ramp[None].astype(np.float32),
+                        photometric="MONOCHROME1")
+    flipped = inverted(series)
+    assert flipped.photometric == "MONOCHROME2" and flipped.patient_id == "P1"
+    assert flipped.key != series.key
+    np.testing.assert_allclose(flipped.slices, 1023.0 - series.slices)
+    task = Task.from_config({"kind": "poisson_gaussian", "photons": [300.0, 300.0],
+                             "read_noise": 0.002})
+    noisy = task.degrade_series(series, 300.0, np.random.default_rng(5))
+    noisy_flipped = task.degrade_series(flipped, 300.0, np.random.default_rng(5))
+    np.testing.assert_allclose(noisy_flipped, 1023.0 - noisy, atol=1e-6)
+    border = noisy[..., :8] - series.slices[..., :8]
+    assert 0.5 < border.std() < 4.0  # read noise only: 0.002 of the range
+    with pytest.raises(ValueError, match="RGB"):
+        inverted(SeriesData("P1", "1.2.3", "CR", Path("."), ramp[None], photometric="RGB"))
 
 
 def test_normalisation_uses_the_input_series():
