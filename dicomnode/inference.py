@@ -120,6 +120,7 @@ def infer(
     tile: int | None = DEFAULT_TILE,
     overlap: int = DEFAULT_OVERLAP,
     batch_size: int = 8,
+    border: int = 0,
 ) -> np.ndarray:
     """Run ``model`` on every slice of ``images`` and return its float32 output.
 
@@ -129,6 +130,9 @@ def infer(
     ``precision`` is ``fp32``, ``bf16`` or ``fp16`` (autocast; decided by
     :func:`dicomnode.devices.choose_precision`). On device out-of-memory the batch is halved,
     then the tile, down to 1 and :data:`MIN_TILE`; past that a DeviceError says what to change.
+    ``border``: mirror that many pixels around each slice first and drop them from the output
+    (context at the image edge; :func:`dicomnode.nets.image_border` says how many a network
+    wants).
     """
     array = np.asarray(images, dtype=np.float32)
     squeeze = array.ndim == 3
@@ -140,13 +144,14 @@ def infer(
             f"images have shape {array.shape}: expected (N, H, W) or (N, {in_channels}, H, W) "
             f"for a network with in_channels = {in_channels}"
         )
-    if batch_size < 1:
-        raise ValueError(f"batch_size is {batch_size}: expected >= 1")
+    if batch_size < 1 or border < 0:
+        raise ValueError(f"batch_size is {batch_size}, border {border}: expected >= 1 and >= 0")
     target = resolve_device(device)
     dtype = check_precision(precision, target)
     model.eval()
     model.to(device=target, memory_format=torch.channels_last)
 
+    array, rim = mirror_border(array, border)
     height, width = array.shape[-2:]
     current_tile = tile or None
     batch = batch_size
@@ -171,7 +176,20 @@ def infer(
                 ) from exc
             event(log, "inference_out_of_memory", logging.WARNING, device=str(target),
                   batch_size=batch, tile=current_tile)
+    if rim:
+        cut = rim * int(getattr(model, "scale", 1))
+        output = output[..., cut:output.shape[-2] - cut, cut:output.shape[-1] - cut]
     return output[:, 0] if squeeze and output.shape[1] == 1 else output
+
+
+def mirror_border(array: np.ndarray, border: int) -> tuple[np.ndarray, int]:
+    """``array`` (..., H, W) with ``border`` mirrored pixels on every side (fewer for a slice
+    too small to mirror that far), and the number used."""
+    rim = min(border, array.shape[-2] - 1, array.shape[-1] - 1)
+    if rim <= 0:
+        return array, 0
+    pad = [(0, 0)] * (array.ndim - 2) + [(rim, rim), (rim, rim)]
+    return np.pad(array, pad, mode="reflect"), rim
 
 
 def _run(array: np.ndarray, model: nn.Module, device: torch.device, dtype: torch.dtype | None,

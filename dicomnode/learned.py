@@ -24,7 +24,7 @@ from dicomnode.errors import ModelError
 from dicomnode.guards import apply_guards
 from dicomnode.inference import DEFAULT_OVERLAP, DEFAULT_TILE, infer
 from dicomnode.logs import event
-from dicomnode.nets import build_network
+from dicomnode.nets import build_network, image_border
 from dicomnode.normalise import Normaliser
 from dicomnode.zoo import ModelCard, read_weights
 
@@ -133,7 +133,7 @@ class NetworkEnhancer:
             # (N, H, W, 2c+1) view -> (N, 2c+1, H, W): each slice with its neighbours as channels
             scaled = np.moveaxis(sliding_window_view(scaled, 2 * context + 1, axis=0), -1, 1)
         output = infer(scaled, self.network, self.device, self.precision, self.tile,
-                       self.overlap, self.batch_size)
+                       self.overlap, self.batch_size, border=image_border(self.network))
         output = normaliser.inverse(output.reshape(len(scaled), *output.shape[-2:]))
         centre = stack[context:len(stack) - context]
         return apply_guards(self.guards, output, centre, self.card.scale,

@@ -19,8 +19,8 @@ from dicomnode import devices
 from dicomnode.devices import choose_precision, resolve_device
 from dicomnode.enhance import derivation_for, enhance_series
 from dicomnode.errors import DeviceError
-from dicomnode.inference import blend_window, infer, plan_tiles
-from dicomnode.nets import ARCHITECTURES, build_network, list_architectures
+from dicomnode.inference import blend_window, infer, mirror_border, plan_tiles
+from dicomnode.nets import ARCHITECTURES, build_network, image_border, list_architectures
 from dicomnode.series import scan
 from dicomnode.zoo import load_card
 from tests.conftest import MR_DIR
@@ -160,6 +160,51 @@ def test_a_large_radiograph_is_processed_in_tiles() -> None:
     assert out.shape == (1, 3910, 3682)
     assert net.largest <= 512 * 512
     np.testing.assert_allclose(out[0, ::2, ::2], x[0], atol=1e-5)  # blended without seams
+
+
+def test_a_mirrored_border_gives_the_network_context_at_the_image_edge() -> None:
+    """border = b: the network runs on the slice with b mirrored pixels on each side and the
+    rim is cut from its output (x scale), tiled or not; a pointwise network is unchanged."""
+    net = tiny("dncnn")
+    x = images(2, 50, 70)
+    plain = infer(x, net, tile=None)
+    bordered = infer(x, net, tile=None, border=8)
+    mirrored = np.pad(x, ((0, 0), (8, 8), (8, 8)), mode="reflect")
+    np.testing.assert_allclose(bordered, infer(mirrored, net, tile=None)[:, 8:-8, 8:-8],
+                               atol=1e-5)
+    assert not np.allclose(bordered[:, 0], plain[:, 0], atol=1e-4)  # the edge changed ...
+    np.testing.assert_allclose(bordered[:, 20:-20, 20:-20], plain[:, 20:-20, 20:-20],
+                               atol=1e-4)  # ... the middle did not
+    tiled = infer(x, net, tile=40, overlap=16, border=8)
+    np.testing.assert_allclose(tiled, bordered, atol=1e-4)
+    sr = tiny("srresnet", scale=2)
+    assert infer(x, sr, tile=None, border=8).shape == (2, 100, 140)
+    doubled = infer(x, _LimitedMemory(max_pixels=10**9), tile=None, border=8)
+    np.testing.assert_allclose(doubled, 2 * x, atol=1e-6)
+    small, rim = mirror_border(np.zeros((1, 5, 9), np.float32), 16)
+    assert rim == 4 and small.shape == (1, 13, 17)  # as far as the slice allows
+    with pytest.raises(ValueError, match="border"):
+        infer(x, net, border=-1)
+
+
+def test_every_family_gets_a_border_but_a_k_space_base() -> None:
+    assert image_border(tiny("dncnn")) == image_border(tiny("nafnet")) == 16
+    assert image_border(tiny("rlfn", scale=2)) == 16
+    k_space = build_network("rlfn", {**TINY_GENERATORS["rlfn"], "scale": 2,
+                                     "base": "zero_filled"})
+    assert image_border(k_space) == 0
+
+
+def test_the_evaluation_gives_a_network_the_same_edges_as_the_node() -> None:
+    from training.predict import predict_series
+    from training.tasks import Normalisation
+
+    net = tiny("dncnn")
+    x = images(3, 48, 40).astype(np.float64) * 1000.0
+    norm = Normalisation(method="linear", offset=0.0, scale=1000.0)
+    evaluated = predict_series(net, x, norm)
+    node = infer(x / 1000.0, net, tile=None, border=image_border(net)) * 1000.0
+    np.testing.assert_allclose(evaluated, node, atol=1e-2)
 
 
 def test_wrong_channel_count_is_refused() -> None:

@@ -3,7 +3,8 @@
 Kept small and stateless on purpose: normalise with the input series' parameters, run slices in
 batches (neighbours stacked as channels for 2.5D), large images in overlapping tiles whose
 margins are discarded, map back. The node's own inference path lives in ``dicomnode`` and is
-not imported here (the training module must not depend on the server).
+not used here (it blends tiles for any device and precision); the mirrored rim around each slice
+is the node's own (``dicomnode.inference.mirror_border``), so both give a network the same edges.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from dicomnode.inference import mirror_border
+from dicomnode.nets import image_border
 from training.tasks import Normalisation
 
 
@@ -73,11 +76,16 @@ def predict_series(
     device: torch.device | str = "cpu",
     amp: str = "none",
 ) -> np.ndarray:
-    """Enhance an input series (N, h, w) in modality values; returns (N, h*scale, w*scale)."""
+    """Enhance an input series (N, h, w) in modality values; returns (N, h*scale, w*scale).
+
+    Each slice gets the mirrored rim the node gives it (``dicomnode.nets.image_border``).
+    """
     device = torch.device(device)
     inputs = np.asarray(inputs, dtype=np.float64)
     offset, span = norm.params(inputs)
-    x_all = torch.from_numpy(((inputs - offset) / span).astype(np.float32))
+    height, width = inputs.shape[-2:]
+    mirrored, rim = mirror_border(inputs, image_border(model))
+    x_all = torch.from_numpy(((mirrored - offset) / span).astype(np.float32))
     multiple = int(getattr(model, "pad_multiple", 1) or 1)
     tile = max(tile, multiple * math.ceil(2 * overlap / multiple + 1))
     was_training = model.training
@@ -95,4 +103,7 @@ def predict_series(
     finally:
         model.train(was_training)
     result = torch.cat(outputs)[:, 0].double().numpy()
+    if rim:
+        cut = rim * scale
+        result = result[:, cut:cut + height * scale, cut:cut + width * scale]
     return result * span + offset

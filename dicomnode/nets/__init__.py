@@ -8,6 +8,7 @@ from dicomnode.nets.registry import (
     ARCHITECTURES,
     ArchitectureInfo,
     build_network,
+    image_border,
     list_architectures,
 )
 
@@ -15,5 +16,6 @@ __all__ = [
     "ARCHITECTURES",
     "ArchitectureInfo",
     "build_network",
+    "image_border",
     "list_architectures",
 ]

@@ -202,3 +202,20 @@ def build_network(name: str, params: Mapping[str, Any] | None = None) -> nn.Modu
         return info.cls(**kwargs)
     except ModelError as exc:
         raise ModelError(f"architecture {name!r}: {exc}") from exc
+
+
+IMAGE_BORDER = 16
+"""Pixels of mirrored image put around each slice before a network (and cropped after)."""
+
+
+def image_border(network: nn.Module) -> int:
+    """How many mirrored pixels the node and the evaluation put around a slice for ``network``.
+
+    A convolution zero-pads at the image edge, where training patches, cut from inside images,
+    rarely had an edge: a denoiser left the first two columns of a radiograph's blank border
+    4-9 times noisier than the rest (docs/MODELS.md, ``xr-denoise``). Mirroring 16 pixels
+    gives it context there. Not for a network whose output depends on the whole image's
+    periodic spectrum (``needs_whole_image``: RLFN with a zero-filled k-space base), which was
+    trained on whole slices and whose base a mirrored rim would change.
+    """
+    return 0 if getattr(network, "needs_whole_image", False) else IMAGE_BORDER

@@ -109,6 +109,9 @@ class RLFN(nn.Module):
         super().__init__()
         self.base = check_choice("base", base, BASES)
         self.padding = check_choice("padding", padding, PADDINGS)
+        # The zero-filled base is the FFT of the whole slice: no mirrored rim around it
+        # (dicomnode.nets.registry.image_border).
+        self.needs_whole_image = self.base == "zero_filled"
         self.in_channels, self.out_channels = check_channels(in_channels, out_channels)
         self.scale = check_choice("scale", scale, self.supported_scales)
         nf = check_int("num_features", num_features)
