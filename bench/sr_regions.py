@@ -43,9 +43,9 @@ def main() -> None:
         with torch.inference_mode():
             output = model.predict(low)
         outputs = {"zero_filled": zero_filled(low, model.scale), "model": output}
-        rms = pooled_rms([squared_errors(reference, outputs)])
+        rms = pooled_rms([squared_errors(reference, outputs, series.padding)])
         print(f"{series.series_uid[-14:]} ({len(reference)} slices)")
-        for name, mask in region_masks(reference).items():
+        for name, mask in region_masks(reference, padding=series.padding).items():
             print(f"  {name:18s} {mask.mean() * 100:5.1f} % of pixels   RMS zero-filled "
                   f"{rms[name]['zero_filled']:7.2f}   model {rms[name]['model']:7.2f}")
 

@@ -18,6 +18,7 @@ import numpy as np
 import pydicom
 
 from dicomnode.errors import InputRejected
+from dicomnode.padding import padding_range
 from dicomnode.pixels import modality_values, pixel_format
 from dicomnode.series import scan
 
@@ -36,6 +37,9 @@ class SeriesData:
     pixel_spacing: float | None = None
     photometric: str = "MONOCHROME2"
     description: str = ""
+    padding: tuple[float, float] | None = None
+    """Modality values the source declares as padding (Pixel Padding Value and Range Limit):
+    outside a CT's reconstruction circle, not image; the node restores them exactly."""
     _percentiles: dict[float, float] = field(default_factory=dict, repr=False)
 
     @property
@@ -76,7 +80,8 @@ def load_series(
             if wanted is not None and modality not in wanted:
                 continue
             groups: dict[tuple[str, tuple[int, int]], list[np.ndarray]] = {}
-            meta: dict[tuple[str, tuple[int, int]], tuple[float | None, str, str]] = {}
+            meta: dict[tuple[str, tuple[int, int]],
+                       tuple[float | None, str, str, tuple[float, float] | None]] = {}
             for image in series.images:
                 try:
                     ds = pydicom.dcmread(image.path)
@@ -91,13 +96,15 @@ def load_series(
                 key = (patient, values.shape)
                 groups.setdefault(key, []).append(values)
                 meta.setdefault(key, (_spacing(ds), fmt.photometric,
-                                      str(ds.get("SeriesDescription", "") or "")))
+                                      str(ds.get("SeriesDescription", "") or ""),
+                                      _padding(ds, fmt.slope, fmt.intercept)))
             for (patient, _shape), stack in groups.items():
-                spacing, photometric, description = meta[(patient, _shape)]
+                spacing, photometric, description, padding = meta[(patient, _shape)]
                 result.append(SeriesData(
                     patient_id=patient, series_uid=series.series_instance_uid,
                     modality=modality, folder=folder, slices=np.stack(stack),
                     pixel_spacing=spacing, photometric=photometric, description=description,
+                    padding=padding,
                 ))
     return result
 
@@ -123,7 +130,19 @@ def inverted(series: SeriesData) -> SeriesData:
         slices=((low + high) - series.slices).astype(np.float32),
         pixel_spacing=series.pixel_spacing, photometric=swap[series.photometric],
         description=series.description,
+        padding=None if series.padding is None else (
+            (low + high) - series.padding[1], (low + high) - series.padding[0]),
     )
+
+
+def _padding(ds: pydicom.Dataset, slope: float, intercept: float
+             ) -> tuple[float, float] | None:
+    """The declared padding range in modality values, or None."""
+    bounds = padding_range(ds)
+    if bounds is None:
+        return None
+    ends = sorted(v * slope + intercept for v in bounds)
+    return ends[0], ends[1]
 
 
 def _spacing(ds: pydicom.Dataset) -> float | None:

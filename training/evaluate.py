@@ -132,7 +132,7 @@ def evaluate(
         if task.task == "denoise":
             outputs["input"] = inputs
         scores = series_metrics(reference, outputs)
-        sums = squared_errors(reference, outputs)
+        sums = squared_errors(reference, outputs, s.padding)
         region_sums.setdefault(str(level), []).append(sums)
         per_level.setdefault(str(level), []).append({
             "series": s.series_uid, "patient_index": _patient_index(chosen, s),

@@ -25,15 +25,25 @@ keeps near-exact regions (a reader's blank border, where any error is ten times 
 0.2) from failing on differences far below what the baseline gets wrong everywhere else."""
 
 
-def region_masks(reference: np.ndarray, edge: int = EDGE_PX) -> dict[str, np.ndarray]:
+def region_masks(reference: np.ndarray, edge: int = EDGE_PX,
+                 padding: tuple[float, float] | None = None) -> dict[str, np.ndarray]:
     """Boolean masks over a (slices, rows, columns) reference series.
 
-    Tissue is :func:`training.metrics.foreground` (the same pixels as ``psnr_foreground``);
-    the edge bands are background pixels within ``edge`` pixels of each side.
+    ``padding`` (the source's declared padding values, e.g. -1500 outside a CT's reconstruction
+    circle) is left out of every region: the node puts it back exactly, it is not image.
+    Tissue is :func:`training.metrics.foreground` of the image pixels (without padding, the same
+    pixels as ``psnr_foreground``); the edge bands are background within ``edge`` pixels of
+    each side.
     """
-    tissue = foreground(reference)
-    background = ~tissue
-    masks = {"image": np.ones_like(tissue), "tissue": tissue, "background": background}
+    reference = np.asarray(reference)
+    image = np.ones(reference.shape, dtype=bool)
+    if padding is not None:
+        image &= ~((reference >= padding[0]) & (reference <= padding[1]))
+    tissue = np.zeros_like(image)
+    if image.any():
+        tissue[image] = foreground(reference[image])
+    background = image & ~tissue
+    masks = {"image": image, "tissue": tissue, "background": background}
     sides = {"top": (Ellipsis, slice(0, edge), slice(None)),
              "bottom": (Ellipsis, slice(-edge, None), slice(None)),
              "left": (Ellipsis, slice(None), slice(0, edge)),
@@ -45,11 +55,12 @@ def region_masks(reference: np.ndarray, edge: int = EDGE_PX) -> dict[str, np.nda
     return masks
 
 
-def squared_errors(reference: np.ndarray, outputs: Mapping[str, np.ndarray]
+def squared_errors(reference: np.ndarray, outputs: Mapping[str, np.ndarray],
+                   padding: tuple[float, float] | None = None
                    ) -> dict[str, dict[str, list[float]]]:
     """Per region and method: [sum of squared errors, pixel count] (pooled across series later)."""
     reference = np.asarray(reference, dtype=np.float64)
-    masks = region_masks(reference)
+    masks = region_masks(reference, padding=padding)
     result: dict[str, dict[str, list[float]]] = {}
     for region, mask in masks.items():
         count = float(mask.sum())

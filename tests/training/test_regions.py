@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tests.conftest import CT_TILT_DIR
+from training.data import load_series
 from training.regions import EDGE_PX, pooled_rms, region_masks, squared_errors, worse_regions
 
 
@@ -78,3 +80,27 @@ def test_an_exact_baseline_makes_any_model_error_worse():
     worse = worse_regions(rms, "base")
     assert {w["region"] for w in worse} == set(region_masks(reference))
     assert all(w["excess"] is None for w in worse)
+
+
+def test_declared_padding_is_left_out_and_does_not_move_the_tissue_threshold():
+    """A CT's padding outside the reconstruction circle (declared -1500) is not image: the node
+    restores it exactly. Without it, air is background and the head is tissue."""
+    rows, cols = np.mgrid[:96, :96]
+    radius = np.hypot(rows - 48, cols - 48)
+    ct = np.where(radius < 46, -1000.0, -1500.0)  # air in the circle, padding outside
+    ct[radius < 25] = 40.0  # the head
+    ct = np.stack([ct, ct])
+    masks = region_masks(ct, padding=(-1500.0, -1500.0))
+    assert not masks["image"][:, 0, 0].any() and masks["image"][0, 48, 48]
+    assert np.array_equal(masks["tissue"], ct == 40.0)
+    assert np.array_equal(masks["background"], ct == -1000.0)
+    noisy_padding = ct + np.where(ct == -1500.0, 30.0, 0.0)
+    rms = pooled_rms([squared_errors(ct, {"model": noisy_padding}, (-1500.0, -1500.0))])
+    assert rms["image"]["model"] == 0.0  # an error in the padding only counts nowhere
+    assert pooled_rms([squared_errors(ct, {"model": noisy_padding})])["image"]["model"] > 0
+
+
+def test_the_ct_series_declares_its_padding_in_hounsfield_units():
+    series = load_series([CT_TILT_DIR])[0]
+    assert series.padding == (-1500.0, -1500.0)
+    assert (series.slices == -1500.0).mean() > 0.1
