@@ -153,7 +153,7 @@ def infer(
 
     array, rim = mirror_border(array, border)
     height, width = array.shape[-2:]
-    current_tile = tile or None
+    current_tile = tile + 2 * rim if tile else None  # a tile's size counts image pixels
     batch = batch_size
     while True:
         try:

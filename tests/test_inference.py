@@ -181,6 +181,9 @@ def test_a_mirrored_border_gives_the_network_context_at_the_image_edge() -> None
     assert infer(x, sr, tile=None, border=8).shape == (2, 100, 140)
     doubled = infer(x, _LimitedMemory(max_pixels=10**9), tile=None, border=8)
     np.testing.assert_allclose(doubled, 2 * x, atol=1e-6)
+    recorder = _LimitedMemory(max_pixels=10**9)  # the rim does not push a slice into tiles
+    infer(images(1, 64, 64), recorder, tile=64, overlap=16, border=8)
+    assert recorder.calls == [(1, 1, 80, 80)]
     small, rim = mirror_border(np.zeros((1, 5, 9), np.float32), 16)
     assert rim == 4 and small.shape == (1, 13, 17)  # as far as the slice allows
     with pytest.raises(ValueError, match="border"):
@@ -188,8 +191,8 @@ def test_a_mirrored_border_gives_the_network_context_at_the_image_edge() -> None
 
 
 def test_every_family_gets_a_border_but_a_k_space_base() -> None:
-    assert image_border(tiny("dncnn")) == image_border(tiny("nafnet")) == 16
-    assert image_border(tiny("rlfn", scale=2)) == 16
+    assert image_border(tiny("dncnn")) == image_border(tiny("nafnet")) == 8
+    assert image_border(tiny("rlfn", scale=2)) == 8
     k_space = build_network("rlfn", {**TINY_GENERATORS["rlfn"], "scale": 2,
                                      "base": "zero_filled"})
     assert image_border(k_space) == 0

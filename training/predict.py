@@ -87,7 +87,7 @@ def predict_series(
     mirrored, rim = mirror_border(inputs, image_border(model))
     x_all = torch.from_numpy(((mirrored - offset) / span).astype(np.float32))
     multiple = int(getattr(model, "pad_multiple", 1) or 1)
-    tile = max(tile, multiple * math.ceil(2 * overlap / multiple + 1))
+    tile = max(tile, multiple * math.ceil(2 * overlap / multiple + 1)) + 2 * rim
     was_training = model.training
     model.eval()
     outputs = []

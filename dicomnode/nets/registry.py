@@ -204,7 +204,7 @@ def build_network(name: str, params: Mapping[str, Any] | None = None) -> nn.Modu
         raise ModelError(f"architecture {name!r}: {exc}") from exc
 
 
-IMAGE_BORDER = 16
+IMAGE_BORDER = 8
 """Pixels of mirrored image put around each slice before a network (and cropped after)."""
 
 
@@ -213,7 +213,7 @@ def image_border(network: nn.Module) -> int:
 
     A convolution zero-pads at the image edge, where training patches, cut from inside images,
     rarely had an edge: a denoiser left the first two columns of a radiograph's blank border
-    4-9 times noisier than the rest (docs/MODELS.md, ``xr-denoise``). Mirroring 16 pixels
+    4-9 times noisier than the rest (docs/MODELS.md, ``xr-denoise``). Mirroring 8 pixels
     gives it context there. Not for a network whose output depends on the whole image's
     periodic spectrum (``needs_whole_image``: RLFN with a zero-filled k-space base), which was
     trained on whole slices and whose base a mirrored rim would change.
