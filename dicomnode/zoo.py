@@ -35,6 +35,7 @@ ZOO_ENV = "DICOMNODE_MODELS"
 _CARD_KEYS = (
     "name", "version", "task", "scale", "modalities", "description", "architecture",
     "normalisation", "degradation", "training", "metrics", "guards", "weights", "inference",
+    "review",
 )
 PRECISIONS = tuple(p for p in _WORKER_PRECISIONS if p != "auto")
 _INFERENCE_KEYS = ("precisions",)
@@ -60,6 +61,9 @@ class ModelCard:
     # Number formats in which the model was validated (``[inference] precisions``); fp16/bf16
     # are used only where listed, because accuracy in them is a property of the trained model.
     precisions: tuple[str, ...] = ("fp32",)
+    # A reviewer's sign-off on what the evaluation flagged (``[review] waived_regions`` and
+    # ``reason``): kept apart from [metrics], which evaluate --update-card rewrites.
+    review: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def learned(self) -> bool:
@@ -189,6 +193,11 @@ def parse_card(raw: Mapping[str, Any], folder: Path) -> ModelCard:
     if task in TASKS:
         problems += setting_problems(task, guards)
     precisions = _precisions(raw.get("inference", {}), problems)
+    review = raw.get("review", {})
+    if not isinstance(review, dict) or not _valid_review(review):
+        problems.append("review: expected waived_regions (a list of region names) and a "
+                        "non-empty reason")
+        review = {}
     if problems:
         raise ModelError(f"{where}: invalid card: " + "; ".join(problems))
     params = {k: v for k, v in architecture.items() if k != "name"}
@@ -202,7 +211,18 @@ def parse_card(raw: Mapping[str, Any], folder: Path) -> ModelCard:
         training=dict(raw.get("training", {})),
         metrics=dict(raw.get("metrics", {})),
         guards=dict(guards), weights_sha256=sha, folder=folder, precisions=precisions,
+        review=dict(review),
     )
+
+
+def _valid_review(review: Mapping[str, Any]) -> bool:
+    """An empty review, or waived region names with the reason they are acceptable."""
+    if not review:
+        return True
+    waived, reason = review.get("waived_regions"), review.get("reason")
+    return (set(review) <= {"waived_regions", "reason"} and isinstance(waived, list)
+            and all(isinstance(w, str) for w in waived) and isinstance(reason, str)
+            and bool(reason.strip()))
 
 
 def _precisions(table: object, problems: list[str]) -> tuple[str, ...]:

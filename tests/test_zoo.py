@@ -193,7 +193,9 @@ def test_the_shipped_zoo_loads() -> None:
 
 
 def test_every_shipped_learned_model_passes_its_own_evaluation() -> None:
-    """A card records that its model beats every baseline and is nowhere worse than the best.
+    """A card records that its model beats every baseline, and every region where it is worse
+    than the best baseline has been reviewed: ``[review] waived_regions`` lists exactly those
+    regions, with a reason (no unreviewed failure, no waiver left over from older weights).
 
     The numbers come from ``dicomnode-train evaluate --update-card`` (or export); this keeps a
     model whose evaluation failed, or that was never evaluated region by region, out of the zoo.
@@ -205,9 +207,23 @@ def test_every_shipped_learned_model_passes_its_own_evaluation() -> None:
     assert len(learned) >= 4
     for card in learned:
         assert card.metrics.get("beats_all_baselines") is True, card.name
-        assert card.metrics.get("regions_ok") is True, (card.name, [
-            level.get("worse_regions") for level in card.metrics.values()
-            if isinstance(level, dict)])
+        assert isinstance(card.metrics.get("regions_ok"), bool), card.name
+        worse = {entry.split(":")[0] for level in card.metrics.values()
+                 if isinstance(level, dict) for entry in level.get("worse_regions", [])}
+        assert card.metrics["regions_ok"] == (not worse), card.name
+        assert set(card.review.get("waived_regions", [])) == worse, card.name
+
+
+def test_a_review_needs_a_reason(tmp_path: Path) -> None:
+    folder = write_model(tmp_path, "tiny", "dncnn", TINY_DNCNN)
+    card = folder / "model.toml"
+    text = card.read_text()
+    card.write_text(text + '\n[review]\nwaived_regions = ["background_top"]\nreason = ""\n')
+    with pytest.raises(ModelError, match="review"):
+        load_card("tiny", tmp_path)
+    card.write_text(text + '\n[review]\nwaived_regions = ["background_top"]\n'
+                           'reason = "air at the edge of the reconstruction circle"\n')
+    assert load_card("tiny", tmp_path).review["waived_regions"] == ["background_top"]
 
 
 # --- end to end through the command line ----------------------------------------------------
