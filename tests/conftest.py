@@ -19,6 +19,7 @@ CT_TILT_DIR = DATA / "ct_ge_hispeed_head_tilt_6sl"
 TS_DIR = DATA / "ts_mr_siemens_trio_9syntaxes"
 CR_J2K = DATA / "cr_tibia_fuji_wg04_RG3" / "RG3_J2KR.dcm"
 CODEC_DIR = DATA / "codec_singles"
+ENHANCED_MR_DIR = DATA / "mr_siemens_prisma_xa30_t1_tfl_enhanced_96fr"
 
 # Everything we write must be valid: invalid values raise instead of being written.
 pydicom_config.settings.writing_validation_mode = pydicom_config.RAISE

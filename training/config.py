@@ -23,7 +23,7 @@ _SECTIONS = {
 _DATA = {"train", "val", "val_fraction", "val_patients", "patch_size", "batch_size", "slices",
          "val_max_slices", "licences", "min_foreground", "context", "whole_slices", "invert"}
 _LOSS = {"l1", "mse", "ssim", "adversarial", "adversarial_type", "perceptual",
-         "perceptual_weights", "perceptual_layer"}
+         "perceptual_weights", "perceptual_layer", "padding_edge", "padding_edge_px"}
 _OPT = {"name", "lr", "weight_decay", "betas", "d_lr"}
 _SCHED = {"name", "warmup", "step_size", "gamma", "min_lr_ratio", "follow_time_limit"}
 _TRAIN = {"iterations", "time_limit_minutes", "amp", "channels_last", "threads", "val_every",
@@ -136,12 +136,23 @@ def parse_config(raw: Mapping[str, Any], source: str = "config") -> TrainConfig:
                         "rim the loss leaves out); set context = 0")
     loss = {"l1": 1.0, "mse": 0.0, "ssim": 0.0, "adversarial": 0.0, "adversarial_type": "bce",
             "perceptual": 0.0, "perceptual_weights": "", "perceptual_layer": 34,
-            **table("loss", _LOSS)}
+            "padding_edge": 0.0, "padding_edge_px": 3, **table("loss", _LOSS)}
     if loss["adversarial_type"] not in ("bce", "relativistic"):
         problems.append(f"loss.adversarial_type = {loss['adversarial_type']!r}: expected 'bce' "
                         "or 'relativistic'")
     if loss["adversarial"] > 0 and discriminator is None:
         problems.append("loss.adversarial > 0 needs a [discriminator] table")
+    edge, edge_px = loss["padding_edge"], loss["padding_edge_px"]
+    if not isinstance(edge, int | float) or isinstance(edge, bool) or edge < 0:
+        problems.append(f"loss.padding_edge = {edge!r}: expected 0 (off) or a positive extra "
+                        "weight")
+    elif edge > 0 and (degradation or {}).get("kind") != "ct_low_dose":
+        problems.append("loss.padding_edge > 0 applies to CT (degradation.kind = "
+                        "\"ct_low_dose\") only: it weights the pixels next to the padding "
+                        "outside the reconstruction circle")
+    if not isinstance(edge_px, int) or isinstance(edge_px, bool) or edge_px < 1:
+        problems.append(f"loss.padding_edge_px = {edge_px!r}: expected a positive number of "
+                        "pixels")
     if loss["perceptual"] > 0 and not loss["perceptual_weights"]:
         problems.append("loss.perceptual > 0 needs loss.perceptual_weights, a local safetensors "
                         "file (nothing is downloaded)")

@@ -85,19 +85,23 @@ def load_series(
             for image in series.images:
                 try:
                     ds = pydicom.dcmread(image.path)
-                    fmt = pixel_format(ds)
-                    values = modality_values(ds, fmt).astype(np.float32)
+                    if _frame_count(ds) > 1:
+                        frames, spacing, photometric, padding = _multi_frame(ds)
+                    else:
+                        fmt = pixel_format(ds)
+                        frames = modality_values(ds, fmt).astype(np.float32)[None]
+                        spacing, photometric = _spacing(ds), fmt.photometric
+                        padding = _padding(ds, fmt.slope, fmt.intercept)
                 except (InputRejected, OSError, ValueError) as exc:
                     log.info("skipped file=%s reason=%s", image.path, exc)
                     continue
-                if min(values.shape) < min_size:
+                if min(frames.shape[1:]) < min_size:
                     continue
                 patient = str(ds.get("PatientID", "") or "").strip() or series.series_instance_uid
-                key = (patient, values.shape)
-                groups.setdefault(key, []).append(values)
-                meta.setdefault(key, (_spacing(ds), fmt.photometric,
-                                      str(ds.get("SeriesDescription", "") or ""),
-                                      _padding(ds, fmt.slope, fmt.intercept)))
+                key = (patient, frames.shape[1:])
+                groups.setdefault(key, []).extend(frames)
+                meta.setdefault(key, (spacing, photometric,
+                                      str(ds.get("SeriesDescription", "") or ""), padding))
             for (patient, _shape), stack in groups.items():
                 spacing, photometric, description, padding = meta[(patient, _shape)]
                 result.append(SeriesData(
@@ -107,6 +111,57 @@ def load_series(
                     padding=padding,
                 ))
     return result
+
+
+def _frame_count(ds: pydicom.Dataset) -> int:
+    try:
+        return int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        return 1
+
+
+def _multi_frame(ds: pydicom.Dataset
+                 ) -> tuple[np.ndarray, float | None, str, tuple[float, float] | None]:
+    """Frames of an Enhanced (multi-frame) image as slices in modality values, in volume order.
+
+    Enhanced MR and CT keep spacing, position and rescale in functional groups, per frame or
+    shared (a Siemens XA export has its PixelSpacing only per frame); highdicom reads them and
+    sorts the frames along the stack's normal, which plain Pixel Data order does not promise.
+    Raises ValueError for frames that do not form one regular stack (several stacks, missing
+    positions), which ``load_series`` then skips with its reason.
+    """
+    import highdicom as hd
+
+    photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise InputRejected(f"PhotometricInterpretation {photometric or 'missing'!r}: models "
+                            "take grayscale images only")
+    try:
+        image = hd.Image.from_dataset(ds, copy=False)
+        volume = image.get_volume(dtype=np.float32, apply_real_world_transform=False,
+                                  apply_presentation_lut=False)
+    except (RuntimeError, ValueError, TypeError, AttributeError) as exc:
+        raise ValueError(f"multi-frame image is not one regular stack of frames: {exc}") from exc
+    spacing = float(np.mean(volume.spacing[1:]))
+    # Padding: Pixel Padding Value is a top-level attribute; modality values need the rescale,
+    # which Enhanced objects keep in the Pixel Value Transformation functional group.
+    slope, intercept = _frame_rescale(ds)
+    return (np.ascontiguousarray(volume.array, dtype=np.float32),
+            spacing if spacing > 0 else None, photometric, _padding(ds, slope, intercept))
+
+
+def _frame_rescale(ds: pydicom.Dataset) -> tuple[float, float]:
+    """Rescale of the first frame (shared group first, else per-frame), identity if none."""
+    groups = [ds.get("SharedFunctionalGroupsSequence"), ds.get("PerFrameFunctionalGroupsSequence")]
+    for sequence in groups:
+        if not sequence:
+            continue
+        transform = sequence[0].get("PixelValueTransformationSequence")
+        if transform:
+            item = transform[0]
+            return float(item.get("RescaleSlope", 1) or 1), float(item.get("RescaleIntercept", 0)
+                                                                  or 0)
+    return float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
 
 
 def inverted(series: SeriesData) -> SeriesData:

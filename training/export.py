@@ -223,10 +223,11 @@ def _flat(value: Any) -> bool:
 def dumps_toml(data: Mapping[str, Any], prefix: str = "") -> str:
     """TOML text for nested mappings: scalars first, then one [table] per mapping.
 
-    Inside a table, a small mapping of scalars is written inline (``model = { psnr = ... }``).
+    Inside a table, a small mapping of scalars is written inline (``model = { psnr = ... }``)
+    when it fits on a readable line; a longer one (per-region lists) gets its own table.
     """
     def inline(v: Any) -> bool:
-        return bool(prefix) and _flat(v) and len(v) <= 4
+        return bool(prefix) and _flat(v) and len(v) <= 4 and len(_value(v)) <= 100
 
     lines = [f"{_key(k)} = {_value(v)}" for k, v in data.items()
              if not isinstance(v, Mapping) or inline(v)]

@@ -43,7 +43,7 @@ from training.data import (
 from training.evaluate import guarded
 from training.metrics import average, series_metrics
 from training.predict import autocast, predict_series
-from training.tasks import Normalisation, Task
+from training.tasks import Normalisation, Task, padding_edge_weights
 
 log = logging.getLogger(__name__)
 
@@ -142,12 +142,14 @@ class BatchSampler:
     def __init__(self, setup: Setup, series: list[SeriesData]) -> None:
         self.setup = setup
         self.series = series
-        if setup.config.data["whole_slices"]:
-            shapes = {s.slices.shape[-1] for s in series} | {s.slices.shape[-2] for s in series}
-            if len(shapes) != 1:
-                raise ConfigError([f"data.whole_slices: the training slices must all be square "
-                                   f"and of one size to batch them whole; found sides "
-                                   f"{sorted(shapes)}"], source=setup.config.name)
+        self.whole = bool(setup.config.data["whole_slices"])
+        if self.whole:
+            oblong = sorted({s.slices.shape[1:] for s in series if s.slices.shape[1] !=
+                             s.slices.shape[2]})
+            if oblong:
+                raise ConfigError([f"data.whole_slices: the training slices must be square to "
+                                   f"be flipped and turned whole; found {oblong}"],
+                                  source=setup.config.name)
         counts = np.array([len(s.slices) for s in series], dtype=float)
         self.weights = counts / counts.sum()
         self._stats: dict[tuple[str, float], tuple[float, float]] = {}
@@ -170,11 +172,20 @@ class BatchSampler:
             self._stats[key] = norm.params(task.degrade_series(subset, key[1], rng))
         return self._stats[key]
 
-    def batch(self, rng: np.random.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, rng: np.random.Generator, size: int
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(inputs, targets, per-pixel loss weights or None when the loss is unweighted)."""
         cfg = self.setup.config.data
-        xs, ys = [], []
+        edge = float(self.setup.config.loss["padding_edge"])
+        xs, ys, ws = [], [], []
+        weights = self.weights
         for _ in range(size):
-            series = self.series[int(rng.choice(len(self.series), p=self.weights))]
+            series = self.series[int(rng.choice(len(self.series), p=weights))]
+            if self.whole and not xs:  # whole slices stack only with their own size: the
+                # first pick decides the batch's size, the rest come from series of that size
+                same = np.array([s.slices.shape[1:] == series.slices.shape[1:]
+                                 for s in self.series])
+                weights = np.where(same, self.weights, 0.0) / self.weights[same].sum()
             level = self.setup.task.sample_level(rng)
             low = series.percentile(1)
             threshold = low + 0.1 * (series.percentile(99) - low)
@@ -185,11 +196,15 @@ class BatchSampler:
                                                   int(cfg["context"]), bool(cfg["whole_slices"]))
                 if (y > threshold).mean() >= float(cfg["min_foreground"]):
                     break
+            if edge > 0:
+                ws.append(padding_edge_weights(
+                    y, int(self.setup.config.loss["padding_edge_px"]), edge))
             offset, span = self.input_params(series, level)
             xs.append((x - offset) / span)
             ys.append((y - offset) / span)
         return (torch.from_numpy(np.stack(xs).astype(np.float32)),
-                torch.from_numpy(np.stack(ys).astype(np.float32)))
+                torch.from_numpy(np.stack(ys).astype(np.float32)),
+                torch.from_numpy(np.stack(ws)) if ws else None)
 
 
 # --- validation ---------------------------------------------------------------------------------
@@ -420,8 +435,9 @@ def _train(config: TrainConfig, resume: bool, progress: bool, stop_after: int | 
     while iteration < end:
         rng = np.random.default_rng([config.seed, iteration, rank])
         torch.manual_seed(stable_seed("torch", config.seed, iteration, rank))
-        x, y = sampler.batch(rng, int(config.data["batch_size"]))
+        x, y, weights = sampler.batch(rng, int(config.data["batch_size"]))
         x, y = x.to(device), y.to(device)
+        weights = None if weights is None else weights.to(device)
         if tc["channels_last"]:
             x = x.contiguous(memory_format=torch.channels_last)
         factor = lr_factor(config.schedule, iteration, total,
@@ -430,7 +446,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, stop_after: int | 
         for group in opt_g.param_groups:
             group["lr"] = lr * factor
         loss, parts = _generator_step(config, setup, generator, discriminator, perceptual,
-                                      opt_g, x, y, device, amp, iteration)
+                                      opt_g, x, y, device, amp, iteration, weights)
         if discriminator is not None and opt_d is not None and iteration >= int(tc["d_start"]):
             for group in opt_d.param_groups:
                 group["lr"] = d_lr * factor
@@ -516,8 +532,9 @@ def _d_input(setup: Setup, config: TrainConfig, x: torch.Tensor, image: torch.Te
 def _generator_step(config: TrainConfig, setup: Setup, generator: nn.Module,
                     discriminator: nn.Module | None, perceptual: nn.Module | None,
                     opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-                    device: torch.device, amp: str, iteration: int
-                    ) -> tuple[float, dict[str, float]]:
+                    device: torch.device, amp: str, iteration: int,
+                    weights: torch.Tensor | None = None) -> tuple[float, dict[str, float]]:
+    """One generator update; ``weights`` (per target pixel) weight the L1 and MSE terms."""
     w = config.loss
     opt.zero_grad(set_to_none=True)
     with autocast(device, amp):
@@ -526,11 +543,15 @@ def _generator_step(config: TrainConfig, setup: Setup, generator: nn.Module,
     rim = int(config.data["context"]) * setup.scale
     if rim:  # the input's context rim: seen by the network, left out of the loss
         pred, y = pred[..., rim:-rim, rim:-rim], y[..., rim:-rim, rim:-rim]
+        if weights is not None:
+            weights = weights[..., rim:-rim, rim:-rim]
     parts: dict[str, torch.Tensor] = {}
     if w["l1"]:
-        parts["l1"] = float(w["l1"]) * F.l1_loss(pred, y)
+        error = (pred - y).abs()
+        parts["l1"] = float(w["l1"]) * (error if weights is None else weights * error).mean()
     if w["mse"]:
-        parts["mse"] = float(w["mse"]) * F.mse_loss(pred, y)
+        error = (pred - y) ** 2
+        parts["mse"] = float(w["mse"]) * (error if weights is None else weights * error).mean()
     if w["ssim"]:
         parts["ssim"] = float(w["ssim"]) * (1 - losses.ssim_torch(pred, y))
     if perceptual is not None:

@@ -9,7 +9,7 @@ import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from dicomnode.degradations import kspace_truncate, zero_filled
-from tests.conftest import MR_DIR
+from tests.conftest import ENHANCED_MR_DIR, MR_DIR
 from training.data import (
     SeriesData,
     inverted,
@@ -20,6 +20,49 @@ from training.data import (
 )
 from training.metrics import average, beats, foreground, psnr, series_metrics, ssim
 from training.tasks import Normalisation, Task, TaskError
+
+
+def test_enhanced_multi_frame_loads_as_slices_in_stack_order():
+    """An Enhanced MR object (Siemens XA30: 96 frames, PixelSpacing only per frame) is one
+    series of 96 slices, ordered along the stack's normal whatever the Pixel Data order."""
+    import pydicom
+
+    path = next(ENHANCED_MR_DIR.glob("*.dcm"))
+    [series] = load_series([ENHANCED_MR_DIR])
+    assert series.modality == "MR" and series.slices.shape == (96, 128, 128)
+    assert series.pixel_spacing == pytest.approx(2.0, abs=1e-3)  # from the per-frame groups
+    assert series.patient_id and series.photometric == "MONOCHROME2"
+    ds = pydicom.dcmread(path)
+    frames = ds.pixel_array.astype(np.float32)  # no rescale in this object: stored = modality
+    first = ds.PerFrameFunctionalGroupsSequence[0]  # this export keeps even these per frame
+    assert first.PixelValueTransformationSequence[0].RescaleSlope == 1
+    assert first.PixelValueTransformationSequence[0].RescaleIntercept == 0
+    normal = np.cross(*np.reshape(first.PlaneOrientationSequence[0].ImageOrientationPatient,
+                                  (2, 3)))
+    positions = [float(np.dot(normal, item.PlanePositionSequence[0].ImagePositionPatient))
+                 for item in ds.PerFrameFunctionalGroupsSequence]
+    order = np.argsort(positions)
+    loaded_positions = sorted(positions)
+    assert np.all(np.diff(loaded_positions) > 0)
+    # every slice is one stored frame, and consecutive slices are neighbours in space
+    matches = [int(np.flatnonzero([np.array_equal(s, f) for f in frames])[0])
+               for s in series.slices]
+    assert sorted(matches) == list(range(96))
+    assert matches == list(order) or matches == list(order[::-1])
+
+
+def test_multi_frame_that_is_no_regular_stack_is_skipped_with_its_reason(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    import pydicom
+
+    ds = pydicom.dcmread(next(ENHANCED_MR_DIR.glob("*.dcm")))
+    frames = ds.PerFrameFunctionalGroupsSequence
+    frames[5].PlanePositionSequence[0].ImagePositionPatient = list(
+        frames[6].PlanePositionSequence[0].ImagePositionPatient)  # two frames in one place
+    ds.save_as(tmp_path / "two_at_one_place.dcm")
+    with caplog.at_level("INFO", logger="training.data"):
+        assert load_series([tmp_path]) == []
+    assert "not one regular stack" in caplog.text
 
 
 def test_series_load_as_modality_values_grouped_by_patient(mr_patients: Path):
@@ -213,3 +256,23 @@ def test_random_padding_moves_only_the_padding():
     unpadded = np.full((1, 20, 20), 10.0)
     unpadded[0, 0, 0] = -1500.0  # one dark pixel is not a padding region
     assert np.array_equal(_random_padding(unpadded, np.random.default_rng(0)), unpadded)
+
+
+def test_padding_edge_weights_mark_only_the_ring_next_to_the_padding():
+    from training.tasks import padding_edge_weights
+
+    target = np.full((1, 40, 40), -2000.0)
+    yy, xx = np.mgrid[0:40, 0:40]
+    inside = (yy - 19.5) ** 2 + (xx - 19.5) ** 2 < 15.0**2
+    target[0][inside] = -1000.0 + 30.0 * np.sin(xx[inside])  # air with structure, not flat
+    weights = padding_edge_weights(target, 2, 9.0)
+    assert weights.shape == target.shape and weights.dtype == np.float32
+    ring = weights[0] == 10.0
+    assert ring.any() and np.all(inside[ring])  # only image pixels, never the padding itself
+    assert np.all(weights[0][~inside] == 1.0)
+    assert weights[0, 20, 20] == 1.0  # the centre is far from the padding
+    # every ring pixel is within 2 px of a padding pixel
+    from scipy import ndimage
+    assert ndimage.distance_transform_edt(inside)[ring].max() <= 2.0
+    no_padding = np.full((1, 16, 16), 20.0)
+    assert np.all(padding_edge_weights(no_padding, 2, 9.0) == 1.0)

@@ -202,6 +202,15 @@ def test_config_errors_name_their_keys(tmp_path: Path):
     raw["data"]["invert"] = True
     with pytest.raises(ConfigError, match="invert = true applies to radiograph noise"):
         parse_config(raw)
+    raw = _config(tmp_path, tmp_path / "x")  # the padding ring is a CT notion
+    raw["loss"]["padding_edge"] = 5.0
+    with pytest.raises(ConfigError, match="padding_edge > 0 applies to CT"):
+        parse_config(raw)
+    raw["loss"].update(padding_edge=-1.0, padding_edge_px=0)
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    assert "loss.padding_edge = -1.0" in str(info.value)
+    assert "loss.padding_edge_px = 0" in str(info.value)
     path = tmp_path / "bad.toml"
     path.write_text("name = 'x'\n[train]\nspeed = 3\n")
     assert cli.main(["train", str(path)]) == 1
@@ -257,6 +266,12 @@ def test_toml_writer_round_trips():
 
     data = {"a": 1, "b": "x\"y", "c": [1.5, 2], "t": {"k": True, "n": {"0.5": {"p": 1.0}}}}
     assert tomllib.loads(dumps_toml(data)) == data
+    long = {"m": {"short": {"psnr": 1.0}, "rms": {"regions": ["background_top"] * 8,
+                                                 "model": [1.25] * 8}}}
+    text = dumps_toml(long)
+    assert tomllib.loads(text) == long
+    assert "short = { psnr = 1.0 }" in text and "[m.rms]" in text  # too long to stay inline
+    assert max(len(line) for line in text.splitlines()) < 200
 
 
 def _ddp_worker(rank: int, world: int, raw: dict[str, Any], store: str) -> None:
@@ -332,3 +347,67 @@ def test_context_rim_is_input_only(mr_patients: Path, tmp_path: Path):
                           "esa_channels": 4, "base": "zero_filled"}
     run = train(parse_config(sr), progress=False)
     assert json.loads((run / HISTORY).read_text())["iteration"][-1] == 2
+
+
+def test_padding_edge_weights_reach_the_pixel_loss(tmp_path: Path):
+    """loss.padding_edge: CT batches carry per-pixel weights, and the L1 term is their mean of
+    weighted errors (the weights change the loss, the unweighted path is unchanged)."""
+    from tests.conftest import CT_TILT_DIR
+    from training.data import load_series
+    from training.train import BatchSampler, _generator_step, make_setup
+
+    raw = _config(CT_TILT_DIR, tmp_path / "ct", modalities=["CT"])
+    raw["degradation"] = {"kind": "ct_low_dose", "train_doses": [0.1, 0.5], "eval": [0.25],
+                          "realisations": 2, "mix": True}
+    raw["normalisation"] = {"method": "linear", "offset": 0.0, "scale": 1000.0}
+    raw["data"].update(patch_size=512, batch_size=1, min_foreground=0.0)  # the whole slice
+    raw["loss"] = {"l1": 1.0, "padding_edge": 4.0, "padding_edge_px": 2}
+    config = parse_config(raw)
+    setup = make_setup(config)
+    series = load_series([CT_TILT_DIR], ("CT",))
+    series[0].slices = series[0].slices[:1]
+    _x, y, weights = BatchSampler(setup, series).batch(np.random.default_rng(1), 1)
+    assert weights is not None and weights.shape == y.shape == (1, 1, 512, 512)
+    assert set(np.unique(weights.numpy())) == {1.0, 5.0}
+    assert 0.0 < float((weights == 5.0).float().mean()) < 0.02  # a thin ring
+
+    generator = setup.build_generator()
+    opt = torch.optim.SGD(generator.parameters(), lr=0.0)  # the loss is taken before the step
+    x = torch.randn(1, 1, 16, 16)
+    target = torch.randn(1, 1, 16, 16)
+    w = torch.ones_like(target)
+    w[..., :4, :] = 5.0
+    with torch.no_grad():
+        error = (generator(x) - target).abs()
+    cpu = torch.device("cpu")
+    weighted, _ = _generator_step(config, setup, generator, None, None, opt, x, target, cpu,
+                                  "none", 0, w)
+    plain, _ = _generator_step(config, setup, generator, None, None, opt, x, target, cpu,
+                               "none", 0)
+    assert weighted == pytest.approx(float((w * error).mean()), rel=1e-5)
+    assert plain == pytest.approx(float(error.mean()), rel=1e-5)
+
+
+def test_whole_slices_of_two_sizes_batch_by_size(tmp_path: Path):
+    """data.whole_slices with subjects of different matrix sizes (256x256 2D T1 and the 128x128
+    Enhanced MR): every batch is one size, and both sizes are drawn."""
+    from tests.conftest import ENHANCED_MR_DIR, MR_DIR
+    from training.data import SeriesData, load_series
+    from training.train import BatchSampler, make_setup
+
+    raw = _config(MR_DIR, tmp_path / "sr")
+    raw["degradation"] = {"kind": "kspace", "scale": 2}
+    raw["data"].update(whole_slices=True, batch_size=3, min_foreground=0.0)
+    setup = make_setup(parse_config(raw))
+    series = load_series([MR_DIR, ENHANCED_MR_DIR], ("MR",))
+    assert {s.slices.shape[1:] for s in series} == {(256, 256), (128, 128)}
+    sampler = BatchSampler(setup, series)
+    sizes = set()
+    for seed in range(12):
+        x, y, weights = sampler.batch(np.random.default_rng(seed), 3)
+        assert x.shape[0] == y.shape[0] == 3 and weights is None
+        sizes.add(tuple(y.shape[-2:]))
+    assert sizes == {(256, 256), (128, 128)}
+    oblong = SeriesData("P", "1.2.3", "MR", tmp_path, np.zeros((2, 64, 96), np.float32))
+    with pytest.raises(ConfigError, match="must be square"):
+        BatchSampler(setup, [*series, oblong])
