@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 from dicomnode.derive import Derivation, derive_image, produced_by_dicomnode
 from dicomnode.errors import DeriveError, InputRejected
 from dicomnode.logs import event
-from dicomnode.padding import keep_padding, padding_range
+from dicomnode.padding import fill_padding, keep_padding, padding_mask, padding_range
 from dicomnode.pixels import PixelFormat, modality_values, pixel_format, stored_values
 from dicomnode.series import Series, SourceImage
 from dicomnode.zoo import Enhancer, ModelCard
@@ -71,6 +71,8 @@ class _Slice:
     ds: Dataset
     fmt: PixelFormat
     values: np.ndarray
+    network: np.ndarray
+    """What the network is shown: ``values`` with declared padding filled (fill_padding)."""
 
 
 @dataclass
@@ -145,7 +147,7 @@ def series_sample(series: Series, count: int = SAMPLE_SLICES) -> list[np.ndarray
     sample = []
     for index in picks:
         try:
-            sample.append(_load(series.images[index]).values)
+            sample.append(_load(series.images[index]).network)
         except InputRejected:
             continue
     return sample
@@ -200,7 +202,7 @@ def _window(before: list[_Slice], centre: list[_Slice], after: list[_Slice],
             context: int) -> _Window:
     left = _last(before, context)
     right = after[:context]
-    arrays = [s.values for s in (*left, *centre, *right)]
+    arrays = [s.network for s in (*left, *centre, *right)]
     arrays = [arrays[0]] * (context - len(left)) + arrays + [arrays[-1]] * (context - len(right))
     return _Window(centre, np.stack(arrays))
 
@@ -231,7 +233,12 @@ def _load(image: SourceImage) -> _Slice:
     fmt = pixel_format(ds)
     values = modality_values(ds, fmt)
     # MONOCHROME1 is shown inverted: negate so models always see "bright = high".
-    return _Slice(image, ds, fmt, -values if fmt.inverted else values)
+    values = -values if fmt.inverted else values
+    mask = None
+    if padding_range(ds) is not None:
+        mask = padding_mask(ds, stored_values(-values if fmt.inverted else values, fmt))
+    network = values if mask is None else fill_padding(values, mask)
+    return _Slice(image, ds, fmt, values, network)
 
 
 def _tick(callback: Callable[[], None] | None) -> None:

@@ -6,9 +6,16 @@ padding must hold exactly those values too, or viewers, 3D renderers and segment
 would take a network's small changes there (-1523, -1460 around -1500) for real data. The
 padding is restored in stored values after the network and its guards, the same place for
 every model.
+
+Before the network, the padding is filled with the image mirrored across its edge
+(:func:`fill_padding`): a network shown the step from air to padding (-1000 to -1500 HU)
+treats it as an edge to keep and leaves the noise beside it, as it would at the image border
+(the mirrored rim of :mod:`dicomnode.inference` is the same idea).
 """
 
 from __future__ import annotations
+
+from functools import lru_cache
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -28,6 +35,56 @@ def padding_range(ds: Dataset) -> tuple[int, int] | None:
     return min(value, limit), max(value, limit)
 
 
+def padding_mask(source: Dataset, source_stored: np.ndarray) -> np.ndarray | None:
+    """Where ``source_stored`` holds the declared padding; None when none is declared or found."""
+    bounds = padding_range(source)
+    if bounds is None:
+        return None
+    mask = (source_stored >= bounds[0]) & (source_stored <= bounds[1])
+    return mask if mask.any() else None
+
+
+def fill_padding(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``values`` (H, W) with its ``mask`` pixels replaced by the image mirrored across them.
+
+    A padding pixel p whose nearest image pixel is q takes the value at 2q - p (the image
+    reflected across the padding's edge), or q's own value where that point is padding too or
+    outside the slice. So the network sees noisy image continuing where the padding was, with
+    no step; the padding is put back exactly afterwards (:func:`keep_padding`). A slice that is
+    all padding is returned unchanged.
+    """
+    out = np.array(values, dtype=np.float64, copy=True)
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any() or mask.all():
+        return out
+    targets, sources = _mirror_map(mask.shape, np.packbits(mask).tobytes())
+    out.flat[targets] = out.flat[sources]
+    return out
+
+
+@lru_cache(maxsize=8)
+def _mirror_map(shape: tuple[int, ...], packed: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(padding pixels, the image pixels they copy) as flat indices, for one padding mask.
+
+    The slices of a series share their reconstruction circle, so the distance transform (most
+    of the cost: ~35 ms for a 512x512 slice) is computed once per mask, not once per slice.
+    """
+    from scipy import ndimage
+
+    mask = np.unpackbits(np.frombuffer(packed, dtype=np.uint8),
+                         count=int(np.prod(shape))).reshape(shape).astype(bool)
+    _distance, (near_row, near_col) = ndimage.distance_transform_edt(mask, return_indices=True)
+    rows, cols = np.nonzero(mask)
+    q_row, q_col = near_row[rows, cols], near_col[rows, cols]
+    r_row, r_col = 2 * q_row - rows, 2 * q_col - cols
+    inside = (r_row >= 0) & (r_row < shape[0]) & (r_col >= 0) & (r_col < shape[1])
+    r_row, r_col = np.where(inside, r_row, q_row), np.where(inside, r_col, q_col)
+    padded = mask[r_row, r_col]
+    r_row, r_col = np.where(padded, q_row, r_row), np.where(padded, q_col, r_col)
+    return (np.ravel_multi_index((rows, cols), shape),
+            np.ravel_multi_index((r_row, r_col), shape))
+
+
 def keep_padding(source: Dataset, source_stored: np.ndarray, output_stored: np.ndarray,
                  scale: int) -> np.ndarray:
     """``output_stored`` with the source's padding pixels put back, exactly as they were.
@@ -35,11 +92,8 @@ def keep_padding(source: Dataset, source_stored: np.ndarray, output_stored: np.n
     For super-resolution each source pixel covers ``scale`` x ``scale`` output pixels; a padding
     pixel's block gets its value (nearest neighbour, so padding stays one value per block).
     """
-    bounds = padding_range(source)
-    if bounds is None:
-        return output_stored
-    mask = (source_stored >= bounds[0]) & (source_stored <= bounds[1])
-    if not mask.any():
+    mask = padding_mask(source, source_stored)
+    if mask is None:
         return output_stored
     expected = tuple(scale * n for n in source_stored.shape)
     if output_stored.shape != expected:

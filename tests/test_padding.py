@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset
 
 from dicomnode.errors import DeriveError
-from dicomnode.padding import keep_padding, padding_range
+from dicomnode.padding import fill_padding, keep_padding, padding_mask, padding_range
+from tests.conftest import CT_TILT_DIR, read_back
 
 
 def _source(**attributes: object) -> Dataset:
@@ -50,3 +53,72 @@ def test_super_resolved_padding_blocks_are_padding():
                                                                            output[2:, :2])
     with pytest.raises(DeriveError, match="expected"):
         keep_padding(_source(PixelPaddingValue=-3024), source, output[:3], 2)
+
+
+def test_fill_padding_mirrors_the_image_across_the_padding_edge():
+    """A padding pixel takes the value of the image point mirrored across the nearest image
+    pixel: no step is left for a network to treat as an edge."""
+    rows = np.arange(12, dtype=np.float64)[:, None] * np.ones((1, 5))
+    values = rows * 10.0 + np.arange(5)  # every pixel unique
+    mask = np.zeros(values.shape, dtype=bool)
+    mask[8:] = True  # the bottom four rows are padding
+    values[mask] = -1500.0
+    filled = fill_padding(values, mask)
+    assert np.array_equal(filled[~mask], values[~mask])  # the image itself is untouched
+    for row in range(8, 12):  # row 8 mirrors row 6 across row 7, row 11 mirrors row 3
+        assert np.array_equal(filled[row], values[14 - row])
+    assert not np.any(filled == -1500.0)
+    # where the mirror point is padding or off the slice, the nearest image pixel's value
+    thin = np.zeros((4, 4), dtype=bool)
+    thin[:, 1:] = True
+    filled = fill_padding(np.where(thin, -1500.0, 7.0), thin)
+    assert np.all(filled == 7.0)
+    assert np.array_equal(fill_padding(values, np.ones_like(mask)), values)  # all padding
+
+
+def test_padding_mask_only_for_declared_padding_that_is_present():
+    stored = np.array([[-1500, 3], [4, -1500]], dtype=np.int16)
+    assert padding_mask(_source(), stored) is None
+    assert padding_mask(_source(PixelPaddingValue=-3024), stored) is None
+    mask = padding_mask(_source(PixelPaddingValue=-1500), stored)
+    assert mask is not None and mask.tolist() == [[True, False], [False, True]]
+
+
+class _Seen:
+    """An identity enhancer that keeps what it was shown."""
+
+    def __init__(self, card) -> None:  # type: ignore[no-untyped-def]
+        self.card = card
+        self.stacks: list[np.ndarray] = []
+
+    def __call__(self, stack: np.ndarray) -> np.ndarray:
+        self.stacks.append(stack.copy())
+        return stack
+
+
+def test_the_network_sees_no_padding_and_the_output_keeps_it_exactly(tmp_path):
+    """The node fills a CT's declared padding (-1500 outside the reconstruction circle) before
+    the network and puts it back exactly after."""
+    import pydicom
+
+    from dicomnode.enhance import derivation_for, enhance_series
+    from dicomnode.series import scan
+    from dicomnode.zoo import load_card
+
+    card = load_card("nlm-denoise")
+    seen = _Seen(card)
+    (series,) = scan(CT_TILT_DIR).series
+    written: list = []
+    enhance_series(series, seen, derivation_for(card, "t", " [t]"),
+                   lambda ds: written.append(read_back(ds)) or Path(ds.SOPInstanceUID),
+                   batch_size=8)
+    shown = np.concatenate(seen.stacks)
+    assert len(shown) == len(written) == 6
+    assert shown.min() > -1100.0  # air at most: no -1500 step anywhere
+    for ds in written:
+        source = pydicom.dcmread(next(p for p in series.images if p.sop_instance_uid ==
+                                      ds.SourceImageSequence[0].ReferencedSOPInstanceUID).path)
+        padding = source.pixel_array == source.PixelPaddingValue
+        assert padding.mean() > 0.1
+        assert np.array_equal(ds.pixel_array[padding], source.pixel_array[padding])
+        assert np.array_equal(ds.pixel_array[~padding], source.pixel_array[~padding])

@@ -20,6 +20,7 @@ from torch import nn
 
 from dicomnode.guards import apply_guards, default_guards
 from dicomnode.nets import build_network
+from dicomnode.padding import fill_padding
 from dicomnode.zoo import load_card, verify_weights
 from training.config import parse_config
 from training.data import SeriesData, stable_seed
@@ -63,6 +64,36 @@ def guarded(guards: tuple[str, ...], output: np.ndarray, inputs: np.ndarray,
     if not guards:
         return output
     return apply_guards(guards, output, inputs, task.scale, degradation=task.kind)
+
+
+def node_inputs(inputs: np.ndarray, reference: np.ndarray,
+                padding: tuple[float, float] | None, scale: int = 1
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The degraded slices as the node shows them to a method, and the padding mask.
+
+    The node fills a source's declared padding before any method runs and puts it back exactly
+    afterwards (``dicomnode.padding``); the model and the baselines get the same here. A real
+    low-dose scan has exact padding, but the SPEC degradation adds noise there, so the mask is
+    taken from the clean series, where the declared value is exact. Denoising only (scale 1):
+    super-resolution inputs are smaller than the reference, and no shipped one meets padding.
+    """
+    if padding is None or scale != 1:
+        return inputs, None
+    mask = (reference >= padding[0]) & (reference <= padding[1])
+    if not mask.any():
+        return inputs, None
+    filled = np.stack([fill_padding(x, m) for x, m in zip(inputs, mask, strict=True)])
+    return filled.astype(inputs.dtype, copy=False), mask
+
+
+def restore_padding(output: np.ndarray, reference: np.ndarray, mask: np.ndarray | None
+                    ) -> np.ndarray:
+    """``output`` with the padding put back as the node writes it: the source's exact value."""
+    if mask is None:
+        return output
+    out = np.array(output, copy=True)
+    out[mask] = reference[mask]
+    return out
 
 
 def load_model(name_or_checkpoint: str, models_dir: Path | None = None) -> LoadedModel:
@@ -125,9 +156,12 @@ def evaluate(
         rng = np.random.default_rng(stable_seed("eval", s.key, level))
         inputs = task.degrade_series(s, level, rng)
         reference = task.reference(s)
+        shown, mask = node_inputs(inputs, reference, s.padding, task.scale)
         with torch.inference_mode():
-            output = model.predict(inputs, device=device, amp=amp)
-        baselines = task.baselines(inputs)
+            output = restore_padding(model.predict(shown, device=device, amp=amp), reference,
+                                     mask)
+        baselines = {name: restore_padding(result, reference, mask)
+                     for name, result in task.baselines(shown).items()}
         outputs = {"model": output, **baselines}
         if task.task == "denoise":
             outputs["input"] = inputs

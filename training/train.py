@@ -40,7 +40,7 @@ from training.data import (
     split_by_patient,
     stable_seed,
 )
-from training.evaluate import guarded
+from training.evaluate import guarded, node_inputs, restore_padding
 from training.metrics import average, series_metrics
 from training.predict import autocast, predict_series
 from training.tasks import Normalisation, Task, padding_edge_weights
@@ -214,32 +214,36 @@ class Validator:
 
     def __init__(self, setup: Setup, series: list[SeriesData]) -> None:
         self.setup = setup
-        self.cases: list[tuple[float, np.ndarray, np.ndarray, dict[str, dict[str, float]]]] = []
+        self.cases: list[tuple[float, np.ndarray, np.ndarray, np.ndarray | None,
+                               dict[str, dict[str, float]]]] = []
         limit = int(setup.config.data["val_max_slices"])
         self.guards = default_guards(setup.task.task)  # as the node will run the model
         for s in series:
             n = len(s.slices)
             picks = np.linspace(0, n - 1, min(n, limit)).round().astype(int)
             sub = SeriesData(s.patient_id, s.series_uid, s.modality, s.folder, s.slices[picks],
-                             s.pixel_spacing, s.photometric)
+                             s.pixel_spacing, s.photometric, padding=s.padding)
             sub._percentiles.update({q: s.percentile(q) for q in (0, 1, 99, 100)})
             for level in setup.task.eval_levels:
                 rng = np.random.default_rng(stable_seed("val", s.key, level))
                 inputs = setup.task.degrade_series(sub, level, rng)
                 ref = setup.task.reference(sub)
-                base = series_metrics(ref, setup.task.baselines(inputs))
-                self.cases.append((level, inputs, ref, base))
+                inputs, mask = node_inputs(inputs, ref, sub.padding, setup.task.scale)
+                base = series_metrics(ref, {name: restore_padding(out, ref, mask) for name, out
+                                            in setup.task.baselines(inputs).items()})
+                self.cases.append((level, inputs, ref, mask, base))
 
     def __call__(self, model: nn.Module, device: torch.device, amp: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for level in self.setup.task.eval_levels:
             per_series = []
-            for lv, inputs, ref, base in self.cases:
+            for lv, inputs, ref, mask, base in self.cases:
                 if lv != level:
                     continue
                 pred = predict_series(model, inputs, self.setup.norm, scale=self.setup.scale,
                                       channels=self.setup.channels, device=device, amp=amp)
-                pred = guarded(self.guards, pred, inputs, self.setup.task)
+                pred = restore_padding(guarded(self.guards, pred, inputs, self.setup.task), ref,
+                                       mask)
                 per_series.append({**base, **series_metrics(ref, {"model": pred})})
             if per_series:
                 out[str(level)] = average(per_series)

@@ -104,3 +104,27 @@ def test_the_ct_series_declares_its_padding_in_hounsfield_units():
     series = load_series([CT_TILT_DIR])[0]
     assert series.padding == (-1500.0, -1500.0)
     assert (series.slices == -1500.0).mean() > 0.1
+
+
+def test_every_method_sees_the_padding_filled_and_gives_it_back_exact():
+    """evaluate() shows the model and the baselines the node's view: declared padding filled
+    (the degradation's noise there included), then put back exactly (its value in the clean
+    series, as the node restores the source's own)."""
+    from training.evaluate import node_inputs, restore_padding
+    from training.tasks import Task
+
+    [series] = load_series([CT_TILT_DIR])
+    series.slices = series.slices[:1]
+    assert series.padding == (-1500.0, -1500.0)
+    task = Task.from_config({"kind": "ct_low_dose", "eval": [0.25], "realisations": 2})
+    inputs = task.degrade_series(series, 0.25, np.random.default_rng(0))
+    reference = task.reference(series)
+    shown, mask = node_inputs(inputs, reference, series.padding)
+    assert mask is not None and np.array_equal(mask, reference == -1500.0)
+    assert np.array_equal(shown[~mask], inputs[~mask])
+    assert shown[mask].min() > -1200.0  # the image mirrored in, no -1500 step
+    output = restore_padding(shown, reference, mask)
+    assert np.all(output[mask] == -1500.0) and np.array_equal(output[~mask], shown[~mask])
+    # nothing declared, or a smaller super-resolution input: shown as it is
+    assert node_inputs(inputs, reference, None)[1] is None
+    assert node_inputs(inputs, reference, series.padding, scale=2)[1] is None
