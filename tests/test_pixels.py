@@ -267,3 +267,13 @@ def test_a_decoder_panic_is_a_refusal_not_a_dead_worker():
     ds.Rows = 200
     with pytest.raises(InputRejected, match="decoder panicked"):
         modality_values(ds, pixel_format(ds))
+
+
+def test_a_real_enhanced_mr_is_refused_with_its_reason():
+    """The node does not process multi-frame objects yet (training reads them frame by frame):
+    a Siemens XA30 Enhanced MR gets a reason naming the frames, not a crash or a wrong image."""
+    from tests.conftest import ENHANCED_MR_DIR
+
+    ds = pydicom.dcmread(next(ENHANCED_MR_DIR.glob("*.dcm")))
+    with pytest.raises(InputRejected, match="NumberOfFrames is 96: multi-frame"):
+        pixel_format(ds)
