@@ -18,7 +18,13 @@ from pydicom.dataset import Dataset
 from dicomnode.derive import Derivation, derive_image, produced_by_dicomnode
 from dicomnode.errors import DeriveError, InputRejected
 from dicomnode.logs import event
-from dicomnode.padding import fill_padding, keep_padding, padding_mask, padding_range
+from dicomnode.padding import (
+    fill_padding,
+    fills_padding,
+    keep_padding,
+    padding_mask,
+    padding_range,
+)
 from dicomnode.pixels import PixelFormat, modality_values, pixel_format, stored_values
 from dicomnode.series import Series, SourceImage
 from dicomnode.zoo import Enhancer, ModelCard
@@ -235,7 +241,7 @@ def _load(image: SourceImage) -> _Slice:
     # MONOCHROME1 is shown inverted: negate so models always see "bright = high".
     values = -values if fmt.inverted else values
     mask = None
-    if padding_range(ds) is not None:
+    if padding_range(ds) is not None and fills_padding(ds):
         mask = padding_mask(ds, stored_values(-values if fmt.inverted else values, fmt))
     network = values if mask is None else fill_padding(values, mask)
     return _Slice(image, ds, fmt, values, network)

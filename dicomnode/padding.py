@@ -7,7 +7,7 @@ would take a network's small changes there (-1523, -1460 around -1500) for real 
 padding is restored in stored values after the network and its guards, the same place for
 every model.
 
-Before the network, the padding is filled with the image mirrored across its edge
+Before the network, a CT's padding is filled with the image mirrored across its edge
 (:func:`fill_padding`): a network shown the step from air to padding (-1000 to -1500 HU)
 treats it as an edge to keep and leaves the noise beside it, as it would at the image border
 (the mirrored rim of :mod:`dicomnode.inference` is the same idea).
@@ -42,6 +42,17 @@ def padding_mask(source: Dataset, source_stored: np.ndarray) -> np.ndarray | Non
         return None
     mask = (source_stored >= bounds[0]) & (source_stored <= bounds[1])
     return mask if mask.any() else None
+
+
+def fills_padding(source: Dataset) -> bool:
+    """Whether the node fills this source's declared padding before the network: CT only.
+
+    A CT's padding is the region outside the reconstruction circle, far below air: a step no
+    anatomy makes. Other modalities may declare their dark background as padding (an MR with
+    Pixel Padding Value 0); mirroring the object into that background would show a network
+    something it never saw, for no step to hide, so there it is only restored afterwards.
+    """
+    return str(source.get("Modality", "") or "").strip().upper() == "CT"
 
 
 def fill_padding(values: np.ndarray, mask: np.ndarray) -> np.ndarray:

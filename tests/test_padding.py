@@ -9,7 +9,13 @@ import pytest
 from pydicom.dataset import Dataset
 
 from dicomnode.errors import DeriveError
-from dicomnode.padding import fill_padding, keep_padding, padding_mask, padding_range
+from dicomnode.padding import (
+    fill_padding,
+    fills_padding,
+    keep_padding,
+    padding_mask,
+    padding_range,
+)
 from tests.conftest import CT_TILT_DIR, read_back
 
 
@@ -122,3 +128,11 @@ def test_the_network_sees_no_padding_and_the_output_keeps_it_exactly(tmp_path):
         assert padding.mean() > 0.1
         assert np.array_equal(ds.pixel_array[padding], source.pixel_array[padding])
         assert np.array_equal(ds.pixel_array[~padding], source.pixel_array[~padding])
+
+
+def test_only_a_ct_padding_is_filled():
+    """A CT's padding is outside the reconstruction circle; an MR may declare its dark
+    background as padding, where mirroring the head into it would mislead the network."""
+    assert fills_padding(_source(Modality="CT", PixelPaddingValue=-1500))
+    assert not fills_padding(_source(Modality="MR", PixelPaddingValue=0))
+    assert not fills_padding(_source(PixelPaddingValue=0))

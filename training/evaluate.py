@@ -67,7 +67,7 @@ def guarded(guards: tuple[str, ...], output: np.ndarray, inputs: np.ndarray,
 
 
 def node_inputs(inputs: np.ndarray, reference: np.ndarray,
-                padding: tuple[float, float] | None, scale: int = 1
+                padding: tuple[float, float] | None, modality: str, scale: int = 1
                 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The degraded slices as the node shows them to a method, and the padding mask.
 
@@ -76,12 +76,15 @@ def node_inputs(inputs: np.ndarray, reference: np.ndarray,
     low-dose scan has exact padding, but the SPEC degradation adds noise there, so the mask is
     taken from the clean series, where the declared value is exact. Denoising only (scale 1):
     super-resolution inputs are smaller than the reference, and no shipped one meets padding.
+    Other modalities' declared padding is only restored, as in the node (``fills_padding``).
     """
     if padding is None or scale != 1:
         return inputs, None
     mask = (reference >= padding[0]) & (reference <= padding[1])
     if not mask.any():
         return inputs, None
+    if modality.upper() != "CT":
+        return inputs, mask
     filled = np.stack([fill_padding(x, m) for x, m in zip(inputs, mask, strict=True)])
     return filled.astype(inputs.dtype, copy=False), mask
 
@@ -156,7 +159,7 @@ def evaluate(
         rng = np.random.default_rng(stable_seed("eval", s.key, level))
         inputs = task.degrade_series(s, level, rng)
         reference = task.reference(s)
-        shown, mask = node_inputs(inputs, reference, s.padding, task.scale)
+        shown, mask = node_inputs(inputs, reference, s.padding, s.modality, task.scale)
         with torch.inference_mode():
             output = restore_padding(model.predict(shown, device=device, amp=amp), reference,
                                      mask)

@@ -228,7 +228,8 @@ class Validator:
                 rng = np.random.default_rng(stable_seed("val", s.key, level))
                 inputs = setup.task.degrade_series(sub, level, rng)
                 ref = setup.task.reference(sub)
-                inputs, mask = node_inputs(inputs, ref, sub.padding, setup.task.scale)
+                inputs, mask = node_inputs(inputs, ref, sub.padding, sub.modality,
+                                           setup.task.scale)
                 base = series_metrics(ref, {name: restore_padding(out, ref, mask) for name, out
                                             in setup.task.baselines(inputs).items()})
                 self.cases.append((level, inputs, ref, mask, base))

@@ -119,12 +119,15 @@ def test_every_method_sees_the_padding_filled_and_gives_it_back_exact():
     task = Task.from_config({"kind": "ct_low_dose", "eval": [0.25], "realisations": 2})
     inputs = task.degrade_series(series, 0.25, np.random.default_rng(0))
     reference = task.reference(series)
-    shown, mask = node_inputs(inputs, reference, series.padding)
+    shown, mask = node_inputs(inputs, reference, series.padding, "CT")
     assert mask is not None and np.array_equal(mask, reference == -1500.0)
     assert np.array_equal(shown[~mask], inputs[~mask])
     assert shown[mask].min() > -1200.0  # the image mirrored in, no -1500 step
     output = restore_padding(shown, reference, mask)
     assert np.all(output[mask] == -1500.0) and np.array_equal(output[~mask], shown[~mask])
     # nothing declared, or a smaller super-resolution input: shown as it is
-    assert node_inputs(inputs, reference, None)[1] is None
-    assert node_inputs(inputs, reference, series.padding, scale=2)[1] is None
+    assert node_inputs(inputs, reference, None, "CT")[1] is None
+    assert node_inputs(inputs, reference, series.padding, "CT", scale=2)[1] is None
+    # another modality's declared padding (an MR's background 0) is restored, never filled
+    shown, mask = node_inputs(inputs, reference, series.padding, "MR")
+    assert shown is inputs and mask is not None
