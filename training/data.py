@@ -140,8 +140,9 @@ def _multi_frame(ds: pydicom.Dataset
         image = hd.Image.from_dataset(ds, copy=False)
         volume = image.get_volume(dtype=np.float32, apply_real_world_transform=False,
                                   apply_presentation_lut=False)
-    except (RuntimeError, ValueError, TypeError, AttributeError) as exc:
-        raise ValueError(f"multi-frame image is not one regular stack of frames: {exc}") from exc
+    except Exception as exc:  # highdicom's errors vary by defect; any of them skips this file
+        raise ValueError(f"multi-frame image is not one regular stack of frames it can decode "
+                         f"({type(exc).__name__}: {exc})") from exc
     spacing = float(np.mean(volume.spacing[1:]))
     # Padding: Pixel Padding Value is a top-level attribute; modality values need the rescale,
     # which Enhanced objects keep in the Pixel Value Transformation functional group.
