@@ -30,6 +30,7 @@ from torch.nn import functional as F
 from dicomnode.errors import ConfigError
 from dicomnode.guards import default_guards
 from dicomnode.nets import build_network
+from dicomnode.zoo import load_card, verify_weights
 from training import losses
 from training.config import TrainConfig, resolve
 from training.data import (
@@ -281,6 +282,29 @@ def save_checkpoint(out: Path, setup: Setup, iteration: int, generator: nn.Modul
     _atomic(out / HISTORY, lambda p: p.write_text(json.dumps(history, indent=1)))
 
 
+ZOO_PREFIX = "zoo:"
+
+
+def initial_weights(source: str, config: TrainConfig, setup: Setup) -> dict[str, torch.Tensor]:
+    """Generator weights a fine-tuning run starts from: a run folder or checkpoint file, or
+    ``zoo:NAME``, a model of the zoo (``$DICOMNODE_MODELS`` or ``models/``, sha256 checked).
+
+    The zoo form lets a site fine-tune a shipped model on its own data without the run folder
+    it was trained in; the config must build the same network the card describes.
+    """
+    if not source.startswith(ZOO_PREFIX):
+        weights, _meta = read_checkpoint(resolve(source))
+        return weights
+    card = load_card(source[len(ZOO_PREFIX):])
+    wanted = setup.architecture_params()
+    if card.architecture != config.architecture["name"] or dict(card.parameters) != wanted:
+        raise ConfigError([f"train.init_from = {source!r}: the card's network is "
+                           f"{card.architecture} {dict(card.parameters)}, this config builds "
+                           f"{config.architecture['name']} {wanted}; copy the card's "
+                           "[architecture] into the config"], source=config.name)
+    return load_file(str(verify_weights(card)))
+
+
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Weights and metadata of a checkpoint file or run folder."""
     path = Path(path)
@@ -394,8 +418,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, stop_after: int | 
     history: dict[str, Any] = {"iteration": [], "loss": [], "lr": [], "val": [],
                                "seconds": 0.0}
     if tc["init_from"] and not resume:  # fine-tuning: weights only, a fresh optimiser
-        weights, _meta = read_checkpoint(resolve(tc["init_from"]))
-        generator.load_state_dict(weights)
+        generator.load_state_dict(initial_weights(str(tc["init_from"]), config, setup))
         if rank == 0:
             log.info("generator initialised from %s", tc["init_from"])
     if resume:

@@ -307,6 +307,30 @@ def test_init_from_starts_from_another_runs_weights(mr_patients: Path, tmp_path:
     assert all(torch.equal(a[k], b[k]) for k in a if k.endswith("weight"))
 
 
+def test_init_from_a_zoo_model(mr_patients: Path, tmp_path: Path,
+                               monkeypatch: pytest.MonkeyPatch):
+    """init_from = "zoo:NAME": a site fine-tunes a shipped model without its run folder; the
+    card's sha256 is checked, and a config that builds another network is refused by name."""
+    from tests.model_factory import write_model
+
+    zoo = tmp_path / "zoo"
+    params = {"depth": 3, "num_features": 8}
+    write_model(zoo, "site-denoise", "dncnn", params, task="denoise", scale=1, seed=7)
+    monkeypatch.setenv("DICOMNODE_MODELS", str(zoo))
+    raw = _config(mr_patients, tmp_path / "tuned")
+    raw["train"].update(iterations=1, init_from="zoo:site-denoise")
+    raw["data"]["val_patients"], raw["data"]["val_fraction"] = [], 0.0
+    raw["optimizer"]["lr"] = 0.0  # no step: the weights must be the zoo model's
+    tuned = train(parse_config(raw), progress=False)
+    shipped = load_file(str(zoo / "site-denoise" / "weights.safetensors"))
+    after = load_file(str(tuned / CHECKPOINT))
+    # learned parameters unchanged (batch-norm running statistics move in a step even at lr 0)
+    assert all(torch.equal(shipped[k], after[k]) for k in shipped if k.endswith("weight"))
+    raw["architecture"] = {"name": "dncnn", "depth": 4, "num_features": 8}
+    with pytest.raises(ConfigError, match=r"zoo:site-denoise.*copy the card's"):
+        train(parse_config(raw), progress=False)
+
+
 def test_cli_minutes_cuts_a_run_short(mr_patients: Path, tmp_path: Path):
     """`train --minutes` overrides the config's time limit: a long config stops early."""
     raw = _config(mr_patients, tmp_path / "short", train={"iterations": 100000,
