@@ -63,6 +63,11 @@ def fill_padding(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     outside the slice. So the network sees noisy image continuing where the padding was, with
     no step; the padding is put back exactly afterwards (:func:`keep_padding`). A slice that is
     all padding is returned unchanged.
+
+    Only padding connected to the slice's border is filled: the region outside the
+    reconstruction circle always is, while pixels inside the body that merely share the padding
+    value (air in lung or bowel clipped to a declared -1024) are anatomy, whose edges the network
+    must see as they are.
     """
     out = np.array(values, dtype=np.float64, copy=True)
     mask = np.asarray(mask, dtype=bool)
@@ -84,6 +89,11 @@ def _mirror_map(shape: tuple[int, ...], packed: bytes) -> tuple[np.ndarray, np.n
 
     mask = np.unpackbits(np.frombuffer(packed, dtype=np.uint8),
                          count=int(np.prod(shape))).reshape(shape).astype(bool)
+    labels, _count = ndimage.label(mask)
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    mask = np.isin(labels, edge[edge > 0])  # padding reaching the border: outside the circle
+    if not mask.any():
+        return np.empty(0, dtype=np.intp), np.empty(0, dtype=np.intp)
     _distance, (near_row, near_col) = ndimage.distance_transform_edt(mask, return_indices=True)
     rows, cols = np.nonzero(mask)
     q_row, q_col = near_row[rows, cols], near_col[rows, cols]

@@ -82,6 +82,21 @@ def test_fill_padding_mirrors_the_image_across_the_padding_edge():
     assert np.array_equal(fill_padding(values, np.ones_like(mask)), values)  # all padding
 
 
+def test_fill_leaves_padding_valued_pixels_inside_the_body_alone():
+    """Air clipped to a declared -1024 inside the body (lung, bowel gas) is anatomy: only the
+    padding that reaches the slice's border (outside the reconstruction circle) is filled."""
+    values = np.full((20, 20), 40.0)
+    values[:, :3] = -1024.0  # outside the circle, touching the border
+    values[9:12, 9:12] = -1024.0  # an air pocket inside the body
+    mask = values == -1024.0
+    filled = fill_padding(values, mask)
+    assert np.all(filled[9:12, 9:12] == -1024.0)
+    assert np.all(filled[:, :3] == 40.0)
+    pocket_only = np.zeros_like(mask)
+    pocket_only[9:12, 9:12] = True
+    assert np.array_equal(fill_padding(values, pocket_only), values)
+
+
 def test_padding_mask_only_for_declared_padding_that_is_present():
     stored = np.array([[-1500, 3], [4, -1500]], dtype=np.int16)
     assert padding_mask(_source(), stored) is None
