@@ -79,6 +79,8 @@ class _Slice:
     values: np.ndarray
     network: np.ndarray
     """What the network is shown: ``values`` with declared padding filled (fill_padding)."""
+    padded_stored: np.ndarray | None
+    """The source's stored values where it declares padding (to put it back), else None."""
 
 
 @dataclass
@@ -123,10 +125,8 @@ def enhance_series(
             values = -result if item.fmt.inverted else result
             try:
                 stored = stored_values(values, item.fmt)
-                if padding_range(item.ds) is not None:
-                    source = -item.values if item.fmt.inverted else item.values
-                    stored = keep_padding(item.ds, stored_values(source, item.fmt), stored,
-                                          derivation.scale)
+                if item.padded_stored is not None:
+                    stored = keep_padding(item.ds, item.padded_stored, stored, derivation.scale)
                 derived = derive_image(item.ds, stored, item.fmt, derivation)
                 outcome.written.append(sink(derived))  # a sink may refuse with DeriveError
             except DeriveError as exc:
@@ -237,14 +237,14 @@ def _load(image: SourceImage) -> _Slice:
     except Exception as exc:  # a file damaged after the header scan, or a malformed value
         raise InputRejected(f"cannot read {image.path.name}: {type(exc).__name__}: {exc}") from exc
     fmt = pixel_format(ds)
-    values = modality_values(ds, fmt)
+    modality = modality_values(ds, fmt)
     # MONOCHROME1 is shown inverted: negate so models always see "bright = high".
-    values = -values if fmt.inverted else values
-    mask = None
-    if padding_range(ds) is not None and fills_padding(ds):
-        mask = padding_mask(ds, stored_values(-values if fmt.inverted else values, fmt))
+    values = -modality if fmt.inverted else modality
+    padded = stored_values(modality, fmt) if padding_range(ds) is not None else None
+    fill = padded is not None and fills_padding(str(ds.get("Modality", "") or ""))
+    mask = padding_mask(ds, padded) if fill else None
     network = values if mask is None else fill_padding(values, mask)
-    return _Slice(image, ds, fmt, values, network)
+    return _Slice(image, ds, fmt, values, network, padded)
 
 
 def _tick(callback: Callable[[], None] | None) -> None:

@@ -44,15 +44,15 @@ def padding_mask(source: Dataset, source_stored: np.ndarray) -> np.ndarray | Non
     return mask if mask.any() else None
 
 
-def fills_padding(source: Dataset) -> bool:
-    """Whether the node fills this source's declared padding before the network: CT only.
+def fills_padding(modality: str) -> bool:
+    """Whether the node fills a source's declared padding before the network: CT only.
 
     A CT's padding is the region outside the reconstruction circle, far below air: a step no
     anatomy makes. Other modalities may declare their dark background as padding (an MR with
     Pixel Padding Value 0); mirroring the object into that background would show a network
     something it never saw, for no step to hide, so there it is only restored afterwards.
     """
-    return str(source.get("Modality", "") or "").strip().upper() == "CT"
+    return modality.strip().upper() == "CT"
 
 
 def fill_padding(values: np.ndarray, mask: np.ndarray) -> np.ndarray:

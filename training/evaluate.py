@@ -20,13 +20,13 @@ from torch import nn
 
 from dicomnode.guards import apply_guards, default_guards
 from dicomnode.nets import build_network
-from dicomnode.padding import fill_padding
+from dicomnode.padding import fill_padding, fills_padding
 from dicomnode.zoo import load_card, verify_weights
 from training.config import parse_config
 from training.data import SeriesData, stable_seed
 from training.metrics import average, beats, series_metrics
 from training.predict import predict_series
-from training.regions import MARGIN, pooled_rms, squared_errors, worse_regions
+from training.regions import MARGIN, padding_pixels, pooled_rms, squared_errors, worse_regions
 from training.tasks import Normalisation, Task
 
 log = logging.getLogger(__name__)
@@ -80,10 +80,10 @@ def node_inputs(inputs: np.ndarray, reference: np.ndarray,
     """
     if padding is None or scale != 1:
         return inputs, None
-    mask = (reference >= padding[0]) & (reference <= padding[1])
+    mask = padding_pixels(reference, padding)
     if not mask.any():
         return inputs, None
-    if modality.upper() != "CT":
+    if not fills_padding(modality):
         return inputs, mask
     filled = np.stack([fill_padding(x, m) for x, m in zip(inputs, mask, strict=True)])
     return filled.astype(inputs.dtype, copy=False), mask

@@ -25,6 +25,11 @@ keeps near-exact regions (a reader's blank border, where any error is ten times 
 0.2) from failing on differences far below what the baseline gets wrong everywhere else."""
 
 
+def padding_pixels(reference: np.ndarray, padding: tuple[float, float]) -> np.ndarray:
+    """Where ``reference`` holds the declared padding values (exact in a clean series)."""
+    return (reference >= padding[0]) & (reference <= padding[1])
+
+
 def region_masks(reference: np.ndarray, edge: int = EDGE_PX,
                  padding: tuple[float, float] | None = None) -> dict[str, np.ndarray]:
     """Boolean masks over a (slices, rows, columns) reference series.
@@ -38,7 +43,7 @@ def region_masks(reference: np.ndarray, edge: int = EDGE_PX,
     reference = np.asarray(reference)
     image = np.ones(reference.shape, dtype=bool)
     if padding is not None:
-        image &= ~((reference >= padding[0]) & (reference <= padding[1]))
+        image &= ~padding_pixels(reference, padding)
     tissue = np.zeros_like(image)
     if image.any():
         tissue[image] = foreground(reference[image])
