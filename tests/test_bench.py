@@ -1,11 +1,18 @@
-"""The inference benchmark runs and writes its report (one small family, one size: seconds)."""
+"""Benchmark scripts run and print what they measure (small inputs: seconds)."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.conftest import CT_TILT_DIR, MR_DIR
+from training.data import SeriesData, load_series
+from training.evaluate import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,3 +30,38 @@ def test_bench_writes_a_report(tmp_path: Path) -> None:
     report = out.read_text(encoding="utf-8")
     assert "## Machine" in report and "matrix-multiply peak" in report
     assert "| `conv_autoencoder` | x1 | 32x32 | cpu | fp32 |" in report
+
+
+def _guard_bound_module():
+    spec = importlib.util.spec_from_file_location("guard_bound", ROOT / "bench" / "guard_bound.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _first_slices(series: SeriesData, count: int) -> SeriesData:
+    return dataclasses.replace(series, slices=series.slices[:count], _percentiles={})
+
+
+def test_guard_bound_shows_the_room_the_intensity_guard_leaves_an_mr_denoiser() -> None:
+    """Rician noise raises the floor of the scanner-masked background; the guard keeps it, so
+    even the reference itself, guarded, falls short of a perfect score, yet above NLM."""
+    bound = _guard_bound_module()
+    model = load_model("mr-denoise", ROOT / "models")
+    series = _first_slices(load_series([MR_DIR])[0], 3)
+    scores = bound.bound_and_baselines(model, series, 0.07)
+    perfect = scores["perfect, guarded"]
+    assert math.isfinite(perfect["psnr"]) and perfect["ssim"] < 1.0
+    assert perfect["psnr"] > scores["nl_means"]["psnr"]
+
+
+def test_guard_bound_leaves_a_ct_reference_as_it_is() -> None:
+    """CT noise has no floor to keep: the guard does not change the reference (nor, with the
+    node's padding fill, the ring next to the padding)."""
+    bound = _guard_bound_module()
+    model = load_model("ct-denoise", ROOT / "models")
+    series = _first_slices(load_series([CT_TILT_DIR])[0], 1)
+    assert series.padding is not None
+    scores = bound.bound_and_baselines(model, series, 0.1)
+    assert scores["perfect, guarded"]["psnr"] == math.inf
+    assert scores["nl_means"]["psnr"] < math.inf

@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 
 from dicomnode.zoo import CARD_FILE, WEIGHTS_FILE, load_card
 from training.config import REPO_ROOT, parse_config
-from training.train import EVAL, HISTORY, make_setup, read_checkpoint
+from training.train import EVAL, HISTORY, ZOO_PREFIX, make_setup, read_checkpoint
 
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -140,7 +140,9 @@ def _training_table(config: Any, meta: Mapping[str, str], history: Mapping[str, 
         "amp": config.train["amp"],
     }
     if config.train.get("init_from"):
-        table["fine_tuned_from"] = _relative(str(config.train["init_from"]))
+        # a zoo start names the card version it had (zoo:NAME moves on), a run folder its path
+        source = str(history.get("initialised_from") or config.train["init_from"])
+        table["fine_tuned_from"] = source if source.startswith(ZOO_PREFIX) else _relative(source)
         table["note"] = ("iterations and seconds are this stage's; the run it was fine-tuned "
                          "from trained before it")
     return table

@@ -285,16 +285,20 @@ def save_checkpoint(out: Path, setup: Setup, iteration: int, generator: nn.Modul
 ZOO_PREFIX = "zoo:"
 
 
-def initial_weights(source: str, config: TrainConfig, setup: Setup) -> dict[str, torch.Tensor]:
-    """Generator weights a fine-tuning run starts from: a run folder or checkpoint file, or
-    ``zoo:NAME``, a model of the zoo (``$DICOMNODE_MODELS`` or ``models/``, sha256 checked).
+def initial_weights(source: str, config: TrainConfig, setup: Setup
+                    ) -> tuple[dict[str, torch.Tensor], str]:
+    """Generator weights a fine-tuning run starts from, and what they are: a run folder or
+    checkpoint file, or ``zoo:NAME``, a model of the zoo (``$DICOMNODE_MODELS`` or ``models/``,
+    sha256 checked).
 
     The zoo form lets a site fine-tune a shipped model on its own data without the run folder
-    it was trained in; the config must build the same network the card describes.
+    it was trained in; the config must build the same network the card describes. Its
+    description names the card's version and weights hash: ``zoo:NAME`` moves on when a new
+    version ships, and the exported card must still say which one this run started from.
     """
     if not source.startswith(ZOO_PREFIX):
         weights, _meta = read_checkpoint(resolve(source))
-        return weights
+        return weights, source
     card = load_card(source[len(ZOO_PREFIX):])
     wanted = setup.architecture_params()
     if card.architecture != config.architecture["name"] or dict(card.parameters) != wanted:
@@ -302,7 +306,8 @@ def initial_weights(source: str, config: TrainConfig, setup: Setup) -> dict[str,
                            f"{card.architecture} {dict(card.parameters)}, this config builds "
                            f"{config.architecture['name']} {wanted}; copy the card's "
                            "[architecture] into the config"], source=config.name)
-    return load_file(str(verify_weights(card)))
+    return (load_file(str(verify_weights(card))),
+            f"{source} {card.version} (weights sha256 {card.weights_sha256})")
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -418,9 +423,11 @@ def _train(config: TrainConfig, resume: bool, progress: bool, stop_after: int | 
     history: dict[str, Any] = {"iteration": [], "loss": [], "lr": [], "val": [],
                                "seconds": 0.0}
     if tc["init_from"] and not resume:  # fine-tuning: weights only, a fresh optimiser
-        generator.load_state_dict(initial_weights(str(tc["init_from"]), config, setup))
+        weights, described = initial_weights(str(tc["init_from"]), config, setup)
+        generator.load_state_dict(weights)
+        history["initialised_from"] = described
         if rank == 0:
-            log.info("generator initialised from %s", tc["init_from"])
+            log.info("generator initialised from %s", described)
     if resume:
         weights, meta = read_checkpoint(out)
         generator.load_state_dict(weights)

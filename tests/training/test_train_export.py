@@ -16,8 +16,8 @@ from dicomnode.errors import ConfigError
 from dicomnode.zoo import load_card, verify_weights
 from training import cli
 from training.config import load_config, parse_config
-from training.export import dumps_toml
-from training.train import CHECKPOINT, EVAL, HISTORY, lr_factor, train
+from training.export import dumps_toml, export
+from training.train import CHECKPOINT, EVAL, HISTORY, ZOO_PREFIX, lr_factor, make_setup, train
 
 
 def _config(data: Path, out: Path, **overrides: Any) -> dict[str, Any]:
@@ -220,11 +220,16 @@ def test_config_errors_name_their_keys(tmp_path: Path):
                                         .glob("*.toml")), ids=lambda p: p.stem)
 def test_every_shipped_config_parses(path: Path):
     """A config in training/configs is a recipe someone will run: it must at least be valid, and
-    a fine-tuning stage must start from the run folder another config writes."""
+    a fine-tuning stage must start from the run folder another config writes, or from a model
+    shipped in ``models/`` whose network its architecture builds."""
     config = load_config(path)
     assert config.data["train"] and config.train["out_dir"]
     init = config.train.get("init_from")
-    if init:
+    if init and init.startswith(ZOO_PREFIX):
+        card = load_card(init[len(ZOO_PREFIX):], Path(__file__).parents[2] / "models")
+        assert card.architecture == config.architecture["name"], path.name
+        assert dict(card.parameters) == make_setup(config).architecture_params(), path.name
+    elif init:
         others = {load_config(p).train["out_dir"] for p in path.parent.glob("*.toml") if p != path}
         assert init in others, f"{path.name}: init_from {init!r} is no other config's out_dir"
 
@@ -326,6 +331,11 @@ def test_init_from_a_zoo_model(mr_patients: Path, tmp_path: Path,
     after = load_file(str(tuned / CHECKPOINT))
     # learned parameters unchanged (batch-norm running statistics move in a step even at lr 0)
     assert all(torch.equal(shipped[k], after[k]) for k in shipped if k.endswith("weight"))
+    # zoo:NAME moves on when a new version ships: the exported card names the one it started from
+    sha = load_card("site-denoise", zoo).weights_sha256
+    card = load_card("site-denoise-tuned", export(tuned, "site-denoise-tuned", tmp_path / "out")
+                     .parent)
+    assert card.training["fine_tuned_from"] == f"zoo:site-denoise 0.0.1 (weights sha256 {sha})"
     raw["architecture"] = {"name": "dncnn", "depth": 4, "num_features": 8}
     with pytest.raises(ConfigError, match=r"zoo:site-denoise.*copy the card's"):
         train(parse_config(raw), progress=False)

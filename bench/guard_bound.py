@@ -1,0 +1,74 @@
+"""How much PSNR a denoiser can gain over the best baseline once the node's guards have run.
+
+The node applies SPEC's intensity guard to every denoiser's output: the output's low-pass must
+stay within 0.5 % of the series' range of the input's low-pass. Where the degraded input's
+low-pass differs from the reference's (Rician noise raises the floor of a background the scanner
+masked to 0), even a perfect network cannot close that gap. This script feeds the reference
+itself, as if it were the network's output, through the same guards (and the padding fill and
+restore the evaluation uses), and prints its PSNR / SSIM next to the best baseline's: the
+largest gain any model can show on this data under the guard.
+
+    PYTHONPATH=. python bench/guard_bound.py [--model mr-denoise] [DICOM folders...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dicomnode.padding import fill_padding, fills_padding
+from training.data import SeriesData, load_series, stable_seed
+from training.evaluate import LoadedModel, guarded, load_model, node_inputs, restore_padding
+from training.metrics import average, series_metrics
+
+DEFAULT_SERIES = [Path("../shared/data/mr_siemens_prisma_t1_fl2d_sag_35sl"),
+                  Path("../shared/data/train/mr_siemens_prisma_t1_fl2d_sag_HFP_35sl")]
+
+
+def bound_and_baselines(model: LoadedModel, s: SeriesData, level: float
+                        ) -> dict[str, dict[str, float]]:
+    """Metrics of the guarded perfect output and of every baseline on the evaluation's slices."""
+    task = model.task
+    rng = np.random.default_rng(stable_seed("eval", s.key, level))  # as `evaluate` draws them
+    inputs = task.degrade_series(s, level, rng)
+    reference = task.reference(s)
+    shown, mask = node_inputs(inputs, reference, s.padding, s.modality, task.scale)
+    perfect = reference.astype(np.float32)
+    if mask is not None and fills_padding(s.modality):
+        # the network would be shown (and give back) the filled slice, not the padding step
+        perfect = np.stack([fill_padding(r, m) for r, m in zip(perfect, mask, strict=True)])
+    outputs = {"perfect, guarded": guarded(model.guards, perfect, shown, task)}
+    outputs.update(task.baselines(shown))
+    return series_metrics(reference, {name: restore_padding(out, reference, mask)
+                                      for name, out in outputs.items()})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folders", nargs="*", type=Path, default=DEFAULT_SERIES)
+    parser.add_argument("--model", default="mr-denoise")
+    args = parser.parse_args()
+    logging.disable(logging.WARNING)
+    torch.set_num_threads(1)
+    model = load_model(args.model)
+    if model.task.task != "denoise":
+        parser.error(f"{args.model} is a {model.task.task} model: the bound is for denoisers")
+    series = [s for s in load_series(args.folders) if model.accepts(s.modality)]
+    print(f"{model.name}, guards {', '.join(model.guards) or 'none'}, {len(series)} series")
+    print("| level | method | PSNR | SSIM |")
+    print("| --- | --- | ---: | ---: |")
+    for level in model.task.eval_levels:
+        mean = average([bound_and_baselines(model, s, level) for s in series])
+        for name, m in mean.items():
+            print(f"| {level:g} | {name} | {m['psnr']:.2f} | {m['ssim']:.4f} |")
+        best = max((n for n in mean if n != "perfect, guarded"), key=lambda n: mean[n]["psnr"])
+        room = mean["perfect, guarded"]["psnr"] - mean[best]["psnr"]
+        print(f"| {level:g} | largest gain over {best} the guard allows | {room:+.2f} dB | |")
+
+
+if __name__ == "__main__":
+    main()
