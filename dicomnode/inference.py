@@ -38,6 +38,11 @@ log = logging.getLogger(__name__)
 DEFAULT_TILE = 512
 DEFAULT_OVERLAP = 32
 MIN_TILE = 64  # below this, tiles are mostly overlap: out of memory is reported instead
+# On a CPU a forward pass is limited by cache, not by how many tiles it holds: the shipped
+# NAFNet took 605 ms per 528x528 slice one at a time and 1123 ms in a batch of 6; RLFN x2
+# 202 ms per 256x256 slice alone and 422 ms in a batch of 4 (docs/BENCHMARKS.md). So on a CPU
+# a pass holds at most this many input pixels (at least one tile); GPUs keep the batch size.
+CPU_PASS_PIXELS = 256 * 256
 
 
 @dataclass(frozen=True)
@@ -215,6 +220,7 @@ def _run(array: np.ndarray, model: nn.Module, device: torch.device, dtype: torch
             += np.outer(row_windows[iy], col_windows[ix])
 
     jobs = [(i, *t) for i in range(count) for t in plan.tiles()]
+    batch_size = pass_size(batch_size, rows.extent * cols.extent, device)
     for start in range(0, len(jobs), batch_size):
         group = jobs[start:start + batch_size]
         tiles = np.stack([padded[i, :, y0:y0 + rows.extent, x0:x0 + cols.extent]
@@ -230,6 +236,14 @@ def _run(array: np.ndarray, model: nn.Module, device: torch.device, dtype: torch
                   x0 * scale:(x0 + cols.extent) * scale] += result[k] * weights
     output = (total / weight_sum).astype(np.float32)
     return output[..., :height * scale, :width * scale]
+
+
+def pass_size(batch_size: int, tile_pixels: int, device: torch.device) -> int:
+    """Tiles per forward pass: the batch size, but on a CPU no more than fit
+    :data:`CPU_PASS_PIXELS` (at least one)."""
+    if device.type != "cpu":
+        return batch_size
+    return max(1, min(batch_size, CPU_PASS_PIXELS // max(tile_pixels, 1)))
 
 
 def _forward(model: nn.Module, tiles: np.ndarray, device: torch.device,

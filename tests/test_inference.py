@@ -19,7 +19,14 @@ from dicomnode import devices
 from dicomnode.devices import choose_precision, resolve_device
 from dicomnode.enhance import derivation_for, enhance_series
 from dicomnode.errors import DeviceError
-from dicomnode.inference import blend_window, infer, mirror_border, plan_tiles
+from dicomnode.inference import (
+    CPU_PASS_PIXELS,
+    blend_window,
+    infer,
+    mirror_border,
+    pass_size,
+    plan_tiles,
+)
 from dicomnode.nets import ARCHITECTURES, build_network, image_border, list_architectures
 from dicomnode.series import scan
 from dicomnode.zoo import load_card
@@ -233,13 +240,26 @@ class _LimitedMemory(nn.Module):
 
 
 def test_out_of_memory_halves_the_batch_then_the_tile() -> None:
-    x = images(4, 256, 256)
-    net = _LimitedMemory(max_pixels=128 * 128)
-    out = infer(x, net, tile=256, overlap=16, batch_size=4)
+    x = images(4, 128, 128)  # four 128x128 tiles fit one CPU pass (CPU_PASS_PIXELS)
+    net = _LimitedMemory(max_pixels=64 * 64)
+    out = infer(x, net, tile=128, overlap=16, batch_size=4)
     np.testing.assert_allclose(out, 2 * x, atol=1e-6)
     batches = [c[0] for c in net.calls]
     assert batches[:3] == [4, 2, 1]
-    assert net.calls[-1][-2:] == (128, 128)
+    assert net.calls[-1][-2:] == (64, 64)
+
+
+def test_a_cpu_pass_holds_no_more_pixels_than_its_cache_serves() -> None:
+    """On a CPU a batch of large slices is slower per slice than one at a time (cache), so a
+    pass holds at most CPU_PASS_PIXELS; small tiles are still batched, GPUs keep the batch."""
+    net = _LimitedMemory(max_pixels=10**9)
+    infer(images(3, 512, 512), net, tile=None, batch_size=8)
+    assert [c[0] for c in net.calls] == [1, 1, 1]
+    net.calls.clear()
+    infer(images(9, 64, 64), net, tile=None, batch_size=8)
+    assert [c[0] for c in net.calls] == [8, 1]
+    assert pass_size(8, 512 * 512, torch.device("cuda")) == 8
+    assert pass_size(8, CPU_PASS_PIXELS * 2, torch.device("cpu")) == 1
 
 
 def test_out_of_memory_at_the_smallest_size_is_a_clear_error() -> None:
