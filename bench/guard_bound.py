@@ -20,9 +20,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dicomnode.padding import fill_padding, fills_padding
-from training.data import SeriesData, load_series, stable_seed
-from training.evaluate import LoadedModel, guarded, load_model, node_inputs, restore_padding
+from training.data import SeriesData, load_series
+from training.evaluate import (
+    LoadedModel,
+    evaluation_slices,
+    guarded,
+    load_model,
+    node_inputs,
+    restore_padding,
+)
 from training.metrics import average, series_metrics
 
 DEFAULT_SERIES = [Path("../shared/data/mr_siemens_prisma_t1_fl2d_sag_35sl"),
@@ -33,14 +39,10 @@ def bound_and_baselines(model: LoadedModel, s: SeriesData, level: float
                         ) -> dict[str, dict[str, float]]:
     """Metrics of the guarded perfect output and of every baseline on the evaluation's slices."""
     task = model.task
-    rng = np.random.default_rng(stable_seed("eval", s.key, level))  # as `evaluate` draws them
-    inputs = task.degrade_series(s, level, rng)
-    reference = task.reference(s)
-    shown, mask = node_inputs(inputs, reference, s.padding, s.modality, task.scale)
-    perfect = reference.astype(np.float32)
-    if mask is not None and fills_padding(s.modality):
-        # the network would be shown (and give back) the filled slice, not the padding step
-        perfect = np.stack([fill_padding(r, m) for r, m in zip(perfect, mask, strict=True)])
+    _inputs, reference, shown, mask = evaluation_slices(task, s, level)
+    # the network is shown (and gives back) the slice with its padding filled, not the step
+    perfect, _mask = node_inputs(reference.astype(np.float32), reference, s.padding, s.modality,
+                                 task.scale)
     outputs = {"perfect, guarded": guarded(model.guards, perfect, shown, task)}
     outputs.update(task.baselines(shown))
     return series_metrics(reference, {name: restore_padding(out, reference, mask)

@@ -89,6 +89,17 @@ def node_inputs(inputs: np.ndarray, reference: np.ndarray,
     return filled.astype(inputs.dtype, copy=False), mask
 
 
+def evaluation_slices(task: Task, s: SeriesData, level: float
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """(degraded inputs, reference, what the methods are shown, padding mask) of one series at
+    one level, seeded by series and level so every run and every bench sees the same slices."""
+    rng = np.random.default_rng(stable_seed("eval", s.key, level))
+    inputs = task.degrade_series(s, level, rng)
+    reference = task.reference(s)
+    shown, mask = node_inputs(inputs, reference, s.padding, s.modality, task.scale)
+    return inputs, reference, shown, mask
+
+
 def restore_padding(output: np.ndarray, reference: np.ndarray, mask: np.ndarray | None
                     ) -> np.ndarray:
     """``output`` with the padding put back as the node writes it: the source's exact value."""
@@ -156,10 +167,7 @@ def evaluate(
     per_level: dict[str, list[dict[str, Any]]] = {}
     region_sums: dict[str, list[dict[str, dict[str, list[float]]]]] = {}
     for s, level in iterator:
-        rng = np.random.default_rng(stable_seed("eval", s.key, level))
-        inputs = task.degrade_series(s, level, rng)
-        reference = task.reference(s)
-        shown, mask = node_inputs(inputs, reference, s.padding, s.modality, task.scale)
+        inputs, reference, shown, mask = evaluation_slices(task, s, level)
         with torch.inference_mode():
             output = restore_padding(model.predict(shown, device=device, amp=amp), reference,
                                      mask)
