@@ -21,7 +21,8 @@ _SECTIONS = {
     "normalisation", "architecture", "discriminator", "loss", "optimizer", "schedule", "train",
 }
 _DATA = {"train", "val", "val_fraction", "val_patients", "patch_size", "batch_size", "slices",
-         "val_max_slices", "licences", "min_foreground", "context", "whole_slices", "invert"}
+         "val_max_slices", "licences", "min_foreground", "context", "whole_slices", "invert",
+         "slice_step"}
 _LOSS = {"l1", "mse", "ssim", "adversarial", "adversarial_type", "perceptual",
          "perceptual_weights", "perceptual_layer", "padding_edge", "padding_edge_px"}
 _OPT = {"name", "lr", "weight_decay", "betas", "d_lr"}
@@ -99,7 +100,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "config") -> TrainConfig:
     data = {"val": [], "val_fraction": 0.2, "val_patients": [], "patch_size": 64,
             "batch_size": 16, "slices": 1, "val_max_slices": 12, "licences": [],
             "min_foreground": 0.05, "context": 0, "whole_slices": False, "invert": False,
-            **table("data", _DATA, required=True)}
+            "slice_step": 1, **table("data", _DATA, required=True)}
     if not data.get("train"):
         problems.append("data.train: required, a list of DICOM folders")
     for key in ("train", "val"):
@@ -108,9 +109,11 @@ def parse_config(raw: Mapping[str, Any], source: str = "config") -> TrainConfig:
             problems.append(f"data.{key}: expected a list of folder paths")
     if not isinstance(data["slices"], int) or data["slices"] < 1 or data["slices"] % 2 == 0:
         problems.append(f"data.slices = {data['slices']!r}: expected 1 or another odd number")
-    for key in ("patch_size", "batch_size", "val_max_slices"):
+    for key in ("patch_size", "batch_size", "val_max_slices", "slice_step"):
         if not isinstance(data[key], int) or data[key] < 1:
             problems.append(f"data.{key} = {data[key]!r}: expected a positive integer")
+    if data["slice_step"] != 1 and data["slices"] != 1:
+        problems.append("data.slice_step: only with data.slices = 1 (2.5D needs the neighbours)")
     if not isinstance(data["context"], int) or isinstance(data["context"], bool) \
             or data["context"] < 0:
         problems.append(f"data.context = {data['context']!r}: expected 0 or a positive number "

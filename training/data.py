@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ from dicomnode.errors import InputRejected
 from dicomnode.padding import padding_range
 from dicomnode.pixels import modality_values, pixel_format
 from dicomnode.series import scan
+from training.volumes import VolumeError, is_volume_file, read_volume, volume_files, volume_modality
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,9 @@ def load_series(
 
     Files that cannot be decoded are skipped with a log line, never silently mixed in.
     ``modalities`` (e.g. ``["MR"]``) keeps only those; images smaller than ``min_size`` are left
-    out (icons, localiser thumbnails).
+    out (icons, localiser thumbnails). NIfTI / NRRD / MetaImage volumes in the folders become
+    one series each (``training.volumes``: the folder holding a volume is its patient, the config's single
+    modality is theirs).
     """
     wanted = {m.upper() for m in modalities} if modalities else None
     result: list[SeriesData] = []
@@ -75,6 +78,7 @@ def load_series(
         folder = Path(folder)
         if not folder.exists():
             raise FileNotFoundError(f"data folder {folder} does not exist")
+        result.extend(_volume_series(folder, modalities, min_size))
         for series in scan(folder).series:
             modality = str(series.header.get("Modality", "") or "").upper()
             if wanted is not None and modality not in wanted:
@@ -110,6 +114,44 @@ def load_series(
                     pixel_spacing=spacing, photometric=photometric, description=description,
                     padding=padding,
                 ))
+    return result
+
+
+def evenly_spaced(series: SeriesData, count: int) -> SeriesData:
+    """The series cut to at most ``count`` slices, evenly spaced over it (first and last kept).
+
+    Evaluation cost grows with slices (a CT low-dose simulation is ~10 s a slice); neighbouring
+    slices of a thin-slice series add little to a mean, and the same ``count`` always picks the
+    same slices, so the numbers reproduce.
+    """
+    n = len(series.slices)
+    if count >= n:
+        return series
+    picks = np.unique(np.round(np.linspace(0, n - 1, count)).astype(int))
+    return replace(series, slices=series.slices[picks], _percentiles={})
+
+
+def _volume_series(folder: Path, modalities: Sequence[str] | None, min_size: int
+                   ) -> list[SeriesData]:
+    """The NIfTI / NRRD volumes under ``folder`` as series (none: an empty list)."""
+    files = volume_files(folder) if folder.is_dir() else (
+        [folder] if is_volume_file(folder) else [])
+    result = []
+    for path in files:
+        modality = volume_modality(modalities, path)
+        try:
+            slices, spacing = read_volume(path)
+        except VolumeError as exc:
+            log.info("skipped file=%s reason=%s", path, exc)
+            continue
+        if min(slices.shape[1:]) < min_size:
+            continue
+        patient = path.parent.name  # one case folder per subject (BraTS, IXI, dcm2niix)
+        result.append(SeriesData(
+            patient_id=patient, series_uid=f"volume:{path.name}", modality=modality,
+            folder=folder, slices=slices, pixel_spacing=spacing,
+            description=path.name.split(".")[0],
+        ))
     return result
 
 

@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +105,9 @@ def load_data(config: TrainConfig) -> tuple[list[SeriesData], list[SeriesData]]:
     else:
         train, val = split_by_patient(train, float(data["val_fraction"]), config.seed,
                                       data["val_patients"])
+    step = int(data["slice_step"])
+    if step > 1:  # training only: validation keeps every slice
+        train = [replace(s, slices=s.slices[::step], _percentiles={}) for s in train]
     if data["invert"]:  # training only: validation stays what the node will meet
         train = train + [inverted(s) for s in train]
     return train, val

@@ -20,6 +20,7 @@ from torch import nn
 from dicomnode.errors import ModelError
 from dicomnode.nets.conv_autoencoder import ConvAutoencoder
 from dicomnode.nets.dncnn import DnCNN
+from dicomnode.nets.ffdnet import FFDNet
 from dicomnode.nets.nafnet import NAFNet
 from dicomnode.nets.rlfn import RLFN
 from dicomnode.nets.rrdb import RRDBNet
@@ -109,6 +110,12 @@ ARCHITECTURES: dict[str, ArchitectureInfo] = dict(
             DnCNN,
             "denoise",
             "DnCNN (Zhang 2017): 17-layer conv-BN-ReLU net predicting the noise residual",
+        ),
+        _info(
+            "ffdnet",
+            FFDNet,
+            "denoise",
+            "blind FFDNet (Zhang 2018): plain conv-ReLU stack on 2x2-unshuffled pixels, residual",
         ),
         _info(
             "nafnet",

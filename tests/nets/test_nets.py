@@ -27,6 +27,7 @@ TINY: dict[str, dict[str, object]] = {
     "rlfn": {"num_features": 8, "num_blocks": 1, "esa_channels": 4},
     "conv_autoencoder": {"levels": 4, "base_channels": 4},
     "dncnn": {"depth": 3, "num_features": 8},
+    "ffdnet": {"depth": 3, "num_features": 8},
     "nafnet": {"width": 4, "encoder_blocks": [1, 1], "middle_blocks": 1, "decoder_blocks": [1, 1]},
 }
 
@@ -39,6 +40,7 @@ EXPECTED_FAMILIES = {
     "rlfn": "super-resolution",
     "conv_autoencoder": "denoise",
     "dncnn": "denoise",
+    "ffdnet": "denoise",
     "nafnet": "denoise",
 }
 
@@ -338,3 +340,30 @@ def test_rlfn_circular_padding_sees_across_the_wrap_with_the_same_weights():
     assert wrap > 1e-4 and no_wrap == 0
     with pytest.raises(ModelError, match="padding"):
         RLFN(**params, padding="reflect")
+
+
+# --- ffdnet: the fp32 image path under bf16 ------------------------------------------------
+
+
+def test_ffdnet_keeps_the_image_in_fp32_under_bf16_autocast() -> None:
+    """Only the noise estimate is rounded to bf16: an all-zero body returns the input exactly,
+    bit for bit, which a network that ran its input through bf16 could not (HU / 1000 rounded to
+    bf16 moves by up to ~4 HU)."""
+    net = build_network("ffdnet", {"depth": 3, "num_features": 8})
+    for conv in net.body:
+        if isinstance(conv, nn.Conv2d):
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
+    x = torch.rand(1, 1, H, W, dtype=torch.float32) * 3.0 + 0.001
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = net.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last))
+    assert y.dtype == torch.float32
+    assert torch.equal(y, x)
+    assert not torch.equal(x.bfloat16().float(), x)  # the check above could have failed
+
+
+def test_ffdnet_downscale_sets_the_pad_multiple() -> None:
+    assert build_network("ffdnet", {"downscale": 4}).pad_multiple == 4
+    assert build_network("ffdnet", {"downscale": 1}).pad_multiple == 1
+    with pytest.raises(ModelError, match="downscale"):
+        build_network("ffdnet", {"downscale": 3})
