@@ -34,8 +34,8 @@ CARD_FILE = "model.toml"
 ZOO_ENV = "DICOMNODE_MODELS"
 _CARD_KEYS = (
     "name", "version", "task", "scale", "modalities", "description", "architecture",
-    "normalisation", "degradation", "training", "metrics", "guards", "weights", "inference",
-    "review",
+    "normalisation", "degradation", "training", "metrics", "cross_scanner_metrics", "guards",
+    "weights", "inference", "review",
 )
 PRECISIONS = tuple(p for p in _WORKER_PRECISIONS if p != "auto")
 _INFERENCE_KEYS = ("precisions",)
@@ -64,6 +64,9 @@ class ModelCard:
     # A reviewer's sign-off on what the evaluation flagged (``[review] waived_regions`` and
     # ``reason``): kept apart from [metrics], which evaluate --update-card rewrites.
     review: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    # The same evaluation on series from scanner models absent from the training data (SPEC
+    # section 10: the targets apply to these); empty for a card evaluated in-distribution only.
+    cross_scanner_metrics: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def learned(self) -> bool:
@@ -212,6 +215,7 @@ def parse_card(raw: Mapping[str, Any], folder: Path) -> ModelCard:
         metrics=dict(raw.get("metrics", {})),
         guards=dict(guards), weights_sha256=sha, folder=folder, precisions=precisions,
         review=dict(review),
+        cross_scanner_metrics=dict(raw.get("cross_scanner_metrics", {})),
     )
 
 

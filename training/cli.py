@@ -62,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--no-guards", action="store_true",
                           help="score the network alone, without the node's guards (shows what "
                                "the guards cost or gain; never written to a card)")
+    evaluate.add_argument("--max-slices", type=int, default=None,
+                          help="at most N slices per series, evenly spaced (the same N "
+                               "reproduces the same numbers)")
+    evaluate.add_argument("--cross-scanner", action="store_true",
+                          help="the data is from scanner models absent from the training "
+                               "data: with --update-card, write [cross_scanner_metrics]")
     evaluate.add_argument("--update-card", action="store_true",
                           help="write these numbers into the zoo card's [metrics] (a zoo "
                                "model only; weights and the rest of the card unchanged)")
@@ -112,7 +118,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "evaluate":
         import torch
 
-        from training.data import load_series
+        from training.data import evenly_spaced, load_series
         from training.evaluate import evaluate, load_model, summary_lines
 
         if args.no_guards and args.update_card:
@@ -125,9 +131,14 @@ def _run(args: argparse.Namespace) -> int:
         model = load_model(args.model, args.models_dir)
         if args.no_guards:
             model = dataclasses.replace(model, guards=())
-        series = load_series(args.data)
+        series = load_series(args.data, model.modalities if len(model.modalities) == 1
+                             and "*" not in model.modalities else None)
         if not series:
             raise ValueError(f"no DICOM image series under {', '.join(map(str, args.data))}")
+        if args.max_slices is not None:
+            if args.max_slices < 1:
+                raise ValueError(f"--max-slices must be positive, got {args.max_slices}")
+            series = [evenly_spaced(s, args.max_slices) for s in series]
         panels = args.panels or (args.json.parent / (args.json.stem + "_panels") if args.json
                                  else Path("eval_panels"))
         result = evaluate(model, series, panels, device=args.device, progress=True)
@@ -135,6 +146,8 @@ def _run(args: argparse.Namespace) -> int:
             raise ValueError(f"no series of the model's modalities ({', '.join(model.modalities)})"
                              " in the data")
         result["validation_data"] = [str(p.resolve()) for p in args.data]
+        if args.max_slices is not None:
+            result["max_slices"] = args.max_slices
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(result, indent=1))
@@ -144,7 +157,7 @@ def _run(args: argparse.Namespace) -> int:
             from training.export import update_card_metrics
 
             card = update_card_metrics(args.model, result, args.json or Path("evaluate"),
-                                       args.models_dir)
+                                       args.models_dir, cross_scanner=args.cross_scanner)
             print(f"card updated: {card}")
         return 0
     from training.export import export

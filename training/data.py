@@ -69,8 +69,8 @@ def load_series(
     Files that cannot be decoded are skipped with a log line, never silently mixed in.
     ``modalities`` (e.g. ``["MR"]``) keeps only those; images smaller than ``min_size`` are left
     out (icons, localiser thumbnails). NIfTI / NRRD / MetaImage volumes in the folders become
-    one series each (``training.volumes``: the folder holding a volume is its patient, the config's single
-    modality is theirs).
+    one series each (``training.volumes``: the folder holding a volume is its patient, the
+    config's single modality is theirs).
     """
     wanted = {m.upper() for m in modalities} if modalities else None
     result: list[SeriesData] = []

@@ -95,19 +95,24 @@ def _write_card(folder: Path, provenance: str, card: Mapping[str, Any]) -> Path:
 
 
 def update_card_metrics(name: str, evaluation: Mapping[str, Any], source: Path,
-                        models_dir: str | Path | None = None) -> Path:
-    """Replace a zoo card's ``[metrics]`` with a new evaluation of the same weights.
+                        models_dir: str | Path | None = None, *,
+                        cross_scanner: bool = False) -> Path:
+    """Replace a zoo card's ``[metrics]`` (or ``[cross_scanner_metrics]``) with an evaluation.
 
-    For when the evaluation itself changed (it now runs the node's guards); everything else
-    on the card, the weights and their sha256 stay as they are.
+    For when the evaluation itself changed (it now runs the node's guards), or to add the
+    cross-scanner numbers; everything else on the card, the weights and their sha256 stay as
+    they are.
     """
     import tomllib
 
     folder = Path(models_dir or REPO_ROOT / "models") / name
     path = folder / CARD_FILE
     card = tomllib.loads(path.read_text(encoding="utf-8"))
-    card["metrics"] = _metrics_table(evaluation, source)
-    return _write_card(folder, "[metrics] re-measured by dicomnode-train evaluate "
+    table = "cross_scanner_metrics" if cross_scanner else "metrics"
+    card[table] = _metrics_table(evaluation, source, cross_scanner=cross_scanner)
+    if "cross_scanner_metrics" in card:  # keep it last, after [metrics], as a reader expects
+        card["cross_scanner_metrics"] = card.pop("cross_scanner_metrics")
+    return _write_card(folder, f"[{table}] re-measured by dicomnode-train evaluate "
                                "--update-card", card)
 
 
@@ -148,16 +153,20 @@ def _training_table(config: Any, meta: Mapping[str, str], history: Mapping[str, 
     return table
 
 
-def _metrics_table(evaluation: Mapping[str, Any] | None, source: Path) -> dict[str, Any]:
+def _metrics_table(evaluation: Mapping[str, Any] | None, source: Path,
+                   cross_scanner: bool = False) -> dict[str, Any]:
     if evaluation is None:
         return {"note": "not evaluated: run dicomnode-train evaluate and export with --metrics"}
+    split = ("series from scanner models absent from the training data (cross-scanner)"
+             if cross_scanner else "the patient-disjoint validation split")
     table: dict[str, Any] = {
-        "source": "dicomnode-train evaluate (SPEC section 8) on the patient-disjoint "
-                  "validation split",
+        "source": f"dicomnode-train evaluate (SPEC section 8) on {split}",
         "series": evaluation["series"],
         "slices": evaluation["slices"],
         "beats_all_baselines": bool(evaluation["beats_all_baselines"]),
     }
+    if evaluation.get("max_slices"):
+        table["max_slices"] = int(evaluation["max_slices"])
     if "regions_ok" in evaluation:
         table["regions_ok"] = bool(evaluation["regions_ok"])
         table["region_margin"] = evaluation["region_margin"]

@@ -445,3 +445,29 @@ def test_whole_slices_of_two_sizes_batch_by_size(tmp_path: Path):
     oblong = SeriesData("P", "1.2.3", "MR", tmp_path, np.zeros((2, 64, 96), np.float32))
     with pytest.raises(ConfigError, match="must be square"):
         BatchSampler(setup, [*series, oblong])
+
+
+def test_cross_scanner_numbers_go_to_their_own_card_table(mr_patients: Path, tmp_path: Path):
+    """`evaluate --cross-scanner --update-card` writes [cross_scanner_metrics] beside the
+    in-distribution [metrics], which stay as they were; --max-slices is recorded and reproduces."""
+    run = train(parse_config(_config(mr_patients, tmp_path / "run")), progress=False)
+    models = tmp_path / "models"
+    assert cli.main(["export", str(run), "--name", "tiny-denoise", "--models-dir",
+                     str(models)]) == 0
+    before = load_card("tiny-denoise", models)
+    assert before.cross_scanner_metrics == {}
+    out = tmp_path / "cross.json"
+    args = ["evaluate", "--model", "tiny-denoise", "--models-dir", str(models), "--data",
+            str(mr_patients / "patient2"), "--max-slices", "2", "--json", str(out)]
+    assert cli.main([*args, "--cross-scanner", "--update-card"]) == 0
+    card = load_card("tiny-denoise", models)
+    assert card.metrics == before.metrics and card.weights_sha256 == before.weights_sha256
+    cross = card.cross_scanner_metrics
+    assert cross["max_slices"] == 2 and cross["slices"] == 2
+    assert "cross-scanner" in cross["source"]
+    psnr = json.loads(out.read_text())["levels"]["0.05"]["mean"]["model"]["psnr"]
+    assert cross["sigma_fraction_0.05"]["model"]["psnr"] == pytest.approx(psnr, abs=1e-3)
+    assert cli.main(args) == 0  # the same slices again: the card's number comes back
+    again = json.loads(out.read_text())["levels"]["0.05"]["mean"]["model"]["psnr"]
+    assert again == pytest.approx(cross["sigma_fraction_0.05"]["model"]["psnr"], abs=1e-3)
+    assert cli.main([*args[:-2], "--max-slices", "0"]) == 1
