@@ -395,9 +395,9 @@ def _train(config: TrainConfig, resume: bool, progress: bool, stop_after: int | 
     setup = make_setup(config)
     train_series, val_series = load_data(config)
     if rank == 0:
-        log.info("train series=%d slices=%d, validation series=%d slices=%d", len(train_series),
-                 sum(len(s.slices) for s in train_series), len(val_series),
-                 sum(len(s.slices) for s in val_series))
+        log.info("train series=%d slices=%d, validation series=%d slices=%d, processes=%d",
+                 len(train_series), sum(len(s.slices) for s in train_series), len(val_series),
+                 sum(len(s.slices) for s in val_series), world)
     sampler = BatchSampler(setup, train_series)
     validator = Validator(setup, val_series) if rank == 0 and val_series else None
 
@@ -445,6 +445,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, stop_after: int | 
         if rank == 0:
             log.info("resumed from %s at iteration %d", out, start)
 
+    history["world_size"] = world  # processes (all nodes) whose gradients each step averaged
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
