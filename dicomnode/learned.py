@@ -8,8 +8,10 @@ tensor and both shapes, so an administrator knows whether to fix the card or re-
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +24,7 @@ from torch import nn
 from dicomnode.devices import choose_precision, resolve_device
 from dicomnode.errors import ModelError
 from dicomnode.guards import apply_guards
-from dicomnode.inference import DEFAULT_OVERLAP, DEFAULT_TILE, infer
+from dicomnode.inference import CPU_PASS_PIXELS, DEFAULT_OVERLAP, DEFAULT_TILE, infer
 from dicomnode.logs import event
 from dicomnode.nets import build_network, image_border
 from dicomnode.normalise import Normaliser
@@ -162,15 +164,42 @@ class SeriesEnhancer:
 def load_network_enhancer(card: ModelCard, device: str = "auto", precision: str = "auto",
                           tile: int | None = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
                           batch_size: int = 8) -> NetworkEnhancer:
-    """Build, load and place a card's network; the device and precision are decided here, once."""
+    """Build, load and place a card's network; the device and precision are decided here, once.
+
+    ``precision = "auto"`` on a CPU, for a card that validated bf16, times this network on one
+    CPU pass in fp32 and bf16 (:func:`dicomnode.devices.measured_cpu_precision`).
+    """
     if batch_size < 1 or overlap < 0 or (tile is not None and tile < 1):
         raise ModelError(f"model {card.name!r}: batch_size {batch_size}, tile {tile} and overlap "
                          f"{overlap} must be >= 1, >= 1 (or none) and >= 0")
     target = resolve_device(device)
-    chosen = choose_precision(precision, target, card.precisions)
     network = build_model(card)
     network.to(device=target, memory_format=torch.channels_last)
+    chosen = choose_precision(precision, target, card.precisions,
+                              probe=precision_probe(network, target),
+                              probe_key=precision_key(card))
     event(log, "model_loaded", model=card.name, version=card.version,
           architecture=card.architecture, device=str(target), precision=chosen,
           guards=",".join(card.active_guards) or "none")
     return NetworkEnhancer(card, network, target, chosen, tile, overlap, batch_size)
+
+
+def precision_probe(network: nn.Module, device: torch.device) -> Callable[[str], object]:
+    """One forward pass in a given precision, as the node runs it: one CPU pass worth of
+    input pixels (a 256x256 tile, channels_last, the mirrored rim), random values in [0, 1]."""
+    size = math.isqrt(CPU_PASS_PIXELS)
+    channels = int(getattr(network, "in_channels", 1))
+    image = np.random.default_rng(0).random((1, channels, size, size), dtype=np.float32)
+    border = image_border(network)
+
+    def probe(precision: str) -> object:
+        return infer(image, network, device, precision, tile=size, overlap=0, batch_size=1,
+                     border=border)
+
+    return probe
+
+
+def precision_key(card: ModelCard) -> Hashable:
+    """What a measured precision depends on: the network (not its weights) and the threads."""
+    parameters = json.dumps(dict(card.parameters), sort_keys=True, default=str)
+    return (card.architecture, parameters, torch.get_num_threads())
