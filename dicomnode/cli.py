@@ -78,6 +78,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_enhance)
+    p = sub.add_parser("init", parents=[common],
+                       help="write a commented config.toml and the storage folders into DIR")
+    p.add_argument("directory", type=Path, metavar="DIR")
+    p.add_argument("--ae-title", default="DICOMNODE", help="called AE title (default DICOMNODE)")
+    p.add_argument("--port", type=int, default=11112, help="DICOM port (default 11112)")
+    p.add_argument("--http-port", type=int, default=8080, help="status port (default 8080)")
+    p.add_argument("--force", action="store_true", help="replace an existing config.toml")
+    p.set_defaults(handler=_init)
     p = sub.add_parser("models", parents=[common], help="list the model zoo")
     p.add_argument("--json", action="store_true")
     p.add_argument("--architectures", action="store_true",
@@ -289,6 +297,18 @@ def _enhance(args: argparse.Namespace) -> int:
         print("dicomnode enhance: nothing usable was derived (see the reasons above)",
               file=sys.stderr)
         return EXIT_ERROR
+    return EXIT_OK
+
+
+def _init(args: argparse.Namespace) -> int:
+    from dicomnode.scaffold import write_node_dir
+
+    created = write_node_dir(args.directory, args.ae_title, args.port, args.http_port,
+                             force=args.force)
+    print(f"wrote {created[0]}")
+    for folder in created[1:]:
+        print(f"folder {folder}")
+    print(f"next: dicomnode check-config --config {created[0]}")
     return EXIT_OK
 
 

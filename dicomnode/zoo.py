@@ -112,11 +112,12 @@ class Enhancer(Protocol):
 
 
 def default_zoo_dir() -> Path:
-    """``$DICOMNODE_MODELS`` or the repository's ``models/`` folder."""
+    """``$DICOMNODE_MODELS``, or ``dicomnode/models``: package data in a wheel, a link to the
+    repository's ``models/`` folder in a checkout."""
     env = os.environ.get(ZOO_ENV)
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "models"
+    return Path(__file__).resolve().parent / "models"
 
 
 def model_names(zoo_dir: Path | None = None) -> list[str]:
