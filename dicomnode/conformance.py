@@ -30,6 +30,7 @@ from dicomnode import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
     __version__,
+    dicomweb,
     pixels,
     scp,
     scu,
@@ -174,6 +175,8 @@ def render() -> str:
         "oor": scp.STATUS_OUT_OF_RESOURCES,
         "mismatch": scp.STATUS_DATASET_MISMATCH,
         "cannot": scp.STATUS_CANNOT_UNDERSTAND,
+        "stow_mib": dicomweb.MAX_REQUEST_BYTES // 2**20,
+        "transient_http": ", ".join(str(c) for c in sorted(dicomweb.TRANSIENT_HTTP)),
         "warning_statuses": ", ".join(f"0x{c:04X}" for c in sorted(scu.WARNING_STATUSES)),
     }
     sections = [
@@ -232,6 +235,7 @@ clearly labelled derived series (Storage SCU) next to the untouched originals.
 | Verification | yes (`dicomnode echo`) | yes |
 | Storage: {n_classes} SOP classes (section 4.2.1.4) | yes: derived instances keep their source's SOP class | yes |
 | Query/Retrieve, Worklist, Storage Commitment, MPPS | no | no |
+| DICOMweb STOW-RS (PS3.18) | yes (user agent, `type = "dicomweb"`) | no |
 
 Media interchange: none (a `folder` destination writes DICOM Part 10 files, with no
 DICOMDIR; it is not a Media Storage Application Profile).
@@ -363,6 +367,15 @@ SOP specific conformance, Storage SCU:
 
 Derived objects stay on disk until every destination acknowledged them. A resend carries the
 same SOP Instance UID (derived UIDs are deterministic), so a PACS replaces, never duplicates.
+
+Activity, send over DICOMweb (not a DICOM association): a `type = "dicomweb"` destination
+gets STOW-RS requests (PS3.18, `POST {{url}}/studies`, `multipart/related;
+type="application/dicom"`, one part per derived object), at most {stow_mib} MiB per request,
+with `Authorization: Bearer` and the token of `auth_file` when set. Each instance is judged
+from the response: in ReferencedSOPSequence it is delivered; in FailedSOPSequence its
+FailureReason is classified as in the table above; absent from both, or no response at all
+(connection lost, timeout, HTTP {transient_http}), it is retried with the same backoff; other
+HTTP errors (400, 401, 403, 404 ...) fail the delivery at once.
 """
 
 _NETWORK = """

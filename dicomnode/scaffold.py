@@ -93,6 +93,13 @@ workers = 1
 # port = 104
 # calling_ae_title = "{ae_title}"  # default: node.ae_title
 
+# A PACS over DICOMweb (STOW-RS); the token file holds one line, mode 600:
+# [[destinations]]
+# name = "pacs-web"
+# type = "dicomweb"
+# url = "https://pacs.example.org/dicom-web"
+# auth_file = "{secrets}/pacs-web.token"
+
 # A folder: one sub-folder per derived series.
 [[destinations]]
 name = "outbox"

@@ -194,6 +194,10 @@ class Forwarder(threading.Thread):
     def send(self, spool: Spool, batch: list[Delivery]) -> None:
         if self.destination.type == "folder":
             outcomes = copy_to_folder(self.destination, batch)
+        elif self.destination.type == "dicomweb":
+            from dicomnode.dicomweb import send_dicomweb  # it imports this module
+
+            outcomes = send_dicomweb(self.destination, batch)
         else:
             outcomes = send_dicom(self.destination, batch)
         now = time.time()

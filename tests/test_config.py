@@ -472,7 +472,7 @@ def test_unknown_destination_type_is_one_problem(tmp_path: Path) -> None:
     # no follow-on "required key is missing" for a type the node does not know,
     # and the rule naming it is not told that it "is not defined"
     assert found == [
-        'destinations[0].type: expected dicom or folder, got "ftp"',
+        'destinations[0].type: expected dicom, folder or dicomweb, got "ftp"',
         "destinations[0].colour: unknown key",
     ]
 
