@@ -9,14 +9,17 @@ names this node in the Contributing Equipment Sequence (SPEC section 5).
 from __future__ import annotations
 
 import copy
+import io
 import re
 import uuid
+from collections.abc import Sequence as Sequence_
 from dataclasses import dataclass
 from datetime import datetime
 
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
 from pydicom.tag import BaseTag
@@ -24,6 +27,7 @@ from pydicom.valuerep import DS
 
 from dicomnode import MANUFACTURER, __version__
 from dicomnode.errors import DeriveError
+from dicomnode.multiframe import Frame, MultiFrame
 from dicomnode.pixels import PixelFormat, lossy_method
 
 TASKS = ("super-resolution", "denoise")
@@ -43,6 +47,19 @@ _DROPPED_KEYWORDS = (
 )
 _SPACING_KEYWORDS = ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing")
 _UID_CHARACTERS = re.compile(r"^[0-9.]{1,64}$")
+ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
+# The MR Pulse Sequence module: dciodvfy (PS3.3 C.8.13.4) forbids it unless Image Type value 1
+# is ORIGINAL or MIXED; a derived image describes no acquisition of its own.
+_MR_PULSE_SEQUENCE_KEYWORDS = (
+    "PulseSequenceName", "MRAcquisitionType", "EchoPulseSequence", "MultipleSpinEcho",
+    "MultiPlanarExcitation", "PhaseContrast", "VelocityEncodingAcquisitionSequence",
+    "TimeOfFlightContrast", "ArterialSpinLabelingContrast", "SteadyStatePulseSequence",
+    "EchoPlanarPulseSequence", "SaturationRecovery", "SpectrallySelectedSuppression",
+    "OversamplingPhase", "GeometryOfKSpaceTraversal", "RectilinearPhaseEncodeReordering",
+    "SegmentedKSpaceTraversal", "CoverageOfKSpace", "NumberOfKSpaceTrajectories",
+)
+# Native Pixel Data has a 32-bit length (0xFFFFFFFF means undefined).
+MAX_PIXEL_DATA_BYTES = 2**32 - 2
 
 
 @dataclass(frozen=True)
@@ -100,12 +117,25 @@ def derive_image(
     ds = _copy_kept_attributes(source)
     f = derivation.scale
 
-    ds.SOPInstanceUID = derived_uid(source.SOPInstanceUID, derivation)
-    ds.SeriesInstanceUID = derived_uid(source.SeriesInstanceUID, derivation)
-    ds.ImageType = _derived_image_type(source.get("ImageType"))
+    _label_derived(ds, source, derivation)
     ds.DerivationDescription = derivation.description
     ds.DerivationCodeSequence = Sequence([_derivation_code(derivation.task)])
     ds.SourceImageSequence = Sequence([_source_image_item(source, derivation.task)])
+
+    if f > 1:
+        _scale_geometry(ds, source, f)
+    _set_pixels(ds, stored, fmt)
+    _keep_lossy(ds, source)
+    return ds
+
+
+def _label_derived(ds: Dataset, source: Dataset, derivation: Derivation) -> None:
+    """What single-frame and multi-frame derived objects share (SPEC section 5): new UIDs,
+    DERIVED\\SECONDARY, the source series referenced, this node as Contributing Equipment,
+    series number and description, creation times."""
+    ds.SOPInstanceUID = derived_uid(source.SOPInstanceUID, derivation)
+    ds.SeriesInstanceUID = derived_uid(source.SeriesInstanceUID, derivation)
+    ds.ImageType = _derived_image_type(source.get("ImageType"))
     ds.ReferencedSeriesSequence = Sequence([_referenced_series_item(source)])
     earlier = list(source.get("ContributingEquipmentSequence", []) or [])
     ds.ContributingEquipmentSequence = Sequence([*earlier, _contributing_equipment(derivation)])
@@ -118,20 +148,47 @@ def derive_image(
         setattr(ds, f"{prefix}Date", date)
         setattr(ds, f"{prefix}Time", time)
 
-    if f > 1:
-        _scale_geometry(ds, source, f)
-    _set_pixels(ds, stored, fmt)
+
+def _keep_lossy(ds: Dataset, source: Dataset) -> None:
+    """Lossy once, lossy forever: the derived object says so when its source was."""
     method = lossy_method(source)
     if method is not None:
         ds.LossyImageCompression = "01"
         if method and "LossyImageCompressionMethod" not in ds:
             ds.LossyImageCompressionMethod = method
-    return ds
 
 
 def _check_inputs(
     source: Dataset, stored: np.ndarray, fmt: PixelFormat, derivation: Derivation
 ) -> None:
+    _check_source_uids(source)
+    f = derivation.scale
+    expected = (int(source.Rows) * f, int(source.Columns) * f)
+    if stored.ndim != 2 or stored.shape != expected:
+        raise DeriveError(
+            f"pixel array has shape {stored.shape}, expected {expected} "
+            f"(source Rows x Columns {source.Rows} x {source.Columns}, scale {f})"
+        )
+    _check_stored(stored, fmt)
+    if f > 1:
+        _check_geometry(source, f)
+
+
+def _check_stored(stored: np.ndarray, fmt: PixelFormat) -> None:
+    if stored.dtype != fmt.stored_dtype:
+        raise DeriveError(
+            f"pixel array dtype is {stored.dtype}, expected {fmt.stored_dtype} "
+            f"for BitsAllocated {fmt.bits_allocated} and PixelRepresentation {int(fmt.signed)}"
+        )
+    low, high = fmt.stored_range
+    if stored.size and (stored.min() < low or stored.max() > high):
+        raise DeriveError(
+            f"pixel values span {stored.min()}..{stored.max()}, outside BitsStored "
+            f"{fmt.bits_stored} range {low}..{high}"
+        )
+
+
+def _check_source_uids(source: Dataset) -> None:
     for keyword in ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"):
         if not str(source.get(keyword, "") or "").strip():
             raise DeriveError(f"source {keyword} is missing: cannot derive from it")
@@ -143,26 +200,6 @@ def _check_inputs(
         if not _UID_CHARACTERS.match(str(source[keyword].value)):
             raise DeriveError(f"source {keyword} {str(source[keyword].value)[:80]!r} is not a "
                               "UID (digits and dots, at most 64 characters)")
-    f = derivation.scale
-    expected = (int(source.Rows) * f, int(source.Columns) * f)
-    if stored.ndim != 2 or stored.shape != expected:
-        raise DeriveError(
-            f"pixel array has shape {stored.shape}, expected {expected} "
-            f"(source Rows x Columns {source.Rows} x {source.Columns}, scale {f})"
-        )
-    if stored.dtype != fmt.stored_dtype:
-        raise DeriveError(
-            f"pixel array dtype is {stored.dtype}, expected {fmt.stored_dtype} "
-            f"for BitsAllocated {fmt.bits_allocated} and PixelRepresentation {int(fmt.signed)}"
-        )
-    if f > 1:
-        _check_geometry(source, f)
-    low, high = fmt.stored_range
-    if stored.size and (stored.min() < low or stored.max() > high):
-        raise DeriveError(
-            f"pixel values span {stored.min()}..{stored.max()}, outside BitsStored "
-            f"{fmt.bits_stored} range {low}..{high}"
-        )
 
 
 def _check_geometry(source: Dataset, f: int) -> None:
@@ -233,11 +270,13 @@ def _derivation_code(task: str) -> Dataset:
     return hd.sr.CodedConcept(code.value, code.scheme_designator, code.meaning)
 
 
-def _source_image_item(source: Dataset, task: str) -> Dataset:
+def _source_image_item(source: Dataset, task: str, frame: int | None = None) -> Dataset:
     purpose = codes.DCM.SourceImageForImageProcessingOperation
     item = Dataset()
     item.ReferencedSOPClassUID = source.SOPClassUID
     item.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    if frame is not None:
+        item.ReferencedFrameNumber = frame
     item.PurposeOfReferenceCodeSequence = Sequence(
         [hd.sr.CodedConcept(purpose.value, purpose.scheme_designator, purpose.meaning)]
     )
@@ -296,16 +335,21 @@ def _scale_geometry(ds: Dataset, source: Dataset, f: int) -> None:
     position = _numbers(source, "ImagePositionPatient")
     if not spacing or not orientation or not position:
         return
-    row_spacing, column_spacing = spacing
-    x = np.asarray(orientation[:3])  # along a row (columns increase)
-    y = np.asarray(orientation[3:])  # along a column (rows increase)
-    shrink = 1.0 - 1.0 / f
-    moved = (
-        np.asarray(position)
-        - x * (column_spacing / 2) * shrink
-        - y * (row_spacing / 2) * shrink
-    )
+    moved = moved_position(position, orientation, spacing, f)
     ds.ImagePositionPatient = [DS(float(v), auto_format=True) for v in moved]
+
+
+def moved_position(position: Sequence_[float], orientation: Sequence_[float],
+                   spacing: Sequence_[float], f: int) -> np.ndarray:
+    """SPEC section 5: IPP' = IPP - X*(dc/2)*(1-1/f) - Y*(dr/2)*(1-1/f), so that the x``f``
+    image covers the same physical extent (its first pixel centre moves toward the corner)."""
+    row_spacing, column_spacing = spacing
+    x = np.asarray(orientation[:3], dtype=float)  # along a row (columns increase)
+    y = np.asarray(orientation[3:], dtype=float)  # along a column (rows increase)
+    shrink = 1.0 - 1.0 / f
+    return (np.asarray(position, dtype=float)
+            - x * (column_spacing / 2) * shrink
+            - y * (row_spacing / 2) * shrink)
 
 
 def _set_pixels(ds: Dataset, stored: np.ndarray, fmt: PixelFormat) -> None:
@@ -315,3 +359,155 @@ def _set_pixels(ds: Dataset, stored: np.ndarray, fmt: PixelFormat) -> None:
         raw += b"\x00"
     ds.PixelData = raw
     ds["PixelData"].VR = "OW" if fmt.bits_allocated > 8 else "OB"
+
+
+# -- Enhanced multi-frame objects (SPEC section 5's multi-frame clause) ------------------------
+
+class DerivedMultiFrame:
+    """The derived Enhanced object of one source: same SOP Class, same frames, new pixels.
+
+    Built like ``derive_image``: the source is checked and every attribute but the pixels is
+    set up front; the frames are then put in one at a time (in any order) into one
+    preallocated buffer, the only full copy of the pixels the derivation holds. Each derived
+    frame keeps its source frame's functional groups (Frame Content, Dimension Index Values,
+    rescale) and references it in its Derivation Image Sequence; super-resolution divides
+    Pixel Measures' spacing by the scale and moves each Plane Position by SPEC's formula.
+    """
+
+    def __init__(self, source: MultiFrame, derivation: Derivation) -> None:
+        _check_source_uids(source.header)
+        f = derivation.scale
+        self.source, self.derivation = source, derivation
+        self.rows, self.columns = source.fmt.rows * f, source.fmt.columns * f
+        count = source.number_of_frames
+        dtype = source.fmt.stored_dtype.newbyteorder("<")
+        size = count * self.rows * self.columns * dtype.itemsize
+        if size > MAX_PIXEL_DATA_BYTES:
+            raise DeriveError(
+                f"the derived Pixel Data would hold {size} bytes ({count} frames of "
+                f"{self.rows} x {self.columns}): more than one DICOM object can hold (4 GiB)")
+        self.header = _multiframe_header(source, derivation)  # checks before allocating
+        # A file-like value is written by pydicom in chunks, not copied into bytes first.
+        self._file = io.BytesIO()
+        self._file.seek(size + size % 2 - 1)  # an odd length is padded to even
+        self._file.write(b"\x00")
+        self._view = self._file.getbuffer()
+        self._frames = np.frombuffer(self._view, dtype=dtype, count=count * self.rows
+                                     * self.columns).reshape(count, self.rows, self.columns)
+        self._done = np.zeros(count, dtype=bool)
+
+    def put(self, frame: Frame, stored: np.ndarray) -> None:
+        """Frame ``frame``'s derived stored values (Rows*f x Columns*f, the source's dtype)."""
+        if stored.shape != (self.rows, self.columns):
+            raise DeriveError(f"frame {frame.number}: pixel array has shape {stored.shape}, "
+                              f"expected {(self.rows, self.columns)} (scale "
+                              f"{self.derivation.scale})")
+        _check_stored(stored, self.source.frame_format(frame))
+        self._frames[frame.index] = stored
+        self._done[frame.index] = True
+
+    def dataset(self) -> Dataset:
+        """The derived object; every frame must have been put (an object is derived whole)."""
+        missing = np.flatnonzero(~self._done) + 1
+        if missing.size:
+            shown = ", ".join(str(n) for n in missing[:5])
+            raise DeriveError(f"{missing.size} frame(s) of {len(self._done)} were not derived "
+                              f"(frame {shown}{' ...' if missing.size > 5 else ''}): an "
+                              "Enhanced object is derived whole or not at all")
+        del self._frames  # no writable view may outlive the hand-over
+        self._view.release()
+        self._file.seek(0)
+        ds = self.header
+        ds.PixelData = self._file
+        ds["PixelData"].VR = "OW" if self.source.fmt.bits_allocated > 8 else "OB"
+        return ds
+
+
+def _multiframe_header(source: MultiFrame, derivation: Derivation) -> Dataset:
+    header, f = source.header, derivation.scale
+    ds = _copy_kept_attributes(header)
+    ds.remove_private_tags()  # inside the functional groups too (SPEC: private tags dropped)
+    _label_derived(ds, header, derivation)
+    ds.ImageType = _enhanced_image_type(header.get("ImageType"))
+    if str(header.SOPClassUID) == ENHANCED_MR:
+        for keyword in _MR_PULSE_SEQUENCE_KEYWORDS:  # describe an acquisition: ORIGINAL only
+            if keyword in ds:
+                delattr(ds, keyword)
+    ds.SourceImageEvidenceSequence = Sequence([_evidence_item(header)])
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    shared_item = shared[0] if shared else None
+    if shared_item is not None:
+        _derived_frame_type(shared_item)
+    by_index = {frame.index: frame for frame in source.frames}
+    for index, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        frame = by_index[index]
+        item.DerivationImageSequence = Sequence([_derivation_image_item(header, derivation,
+                                                                        frame.number)])
+        _derived_frame_type(item)
+        if f > 1:
+            _scale_frame_groups(item, frame, f)
+    if f > 1:
+        ds.Rows, ds.Columns = int(header.Rows) * f, int(header.Columns) * f
+        if shared_item is not None:
+            _scale_frame_groups(shared_item, source.frames[0], f)
+    _keep_lossy(ds, header)
+    return ds
+
+
+def _derivation_image_item(source: Dataset, derivation: Derivation, number: int) -> Dataset:
+    """Derivation Image Functional Group: what was done, and from which source frame."""
+    item = Dataset()
+    item.DerivationDescription = derivation.description
+    item.DerivationCodeSequence = Sequence([_derivation_code(derivation.task)])
+    item.SourceImageSequence = Sequence([_source_image_item(source, derivation.task, number)])
+    return item
+
+
+def _evidence_item(source: Dataset) -> Dataset:
+    """Source Image Evidence: every instance the Derivation Image Sequences reference."""
+    instance = Dataset()
+    instance.ReferencedSOPClassUID = source.SOPClassUID
+    instance.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    series = Dataset()
+    series.SeriesInstanceUID = source.SeriesInstanceUID
+    series.ReferencedSOPSequence = Sequence([instance])
+    item = Dataset()
+    item.StudyInstanceUID = source.StudyInstanceUID
+    item.ReferencedSeriesSequence = Sequence([series])
+    return item
+
+
+def _derived_frame_type(groups: Dataset) -> None:
+    """Frame Type in the MR/CT Image Frame Type groups: DERIVED\\SECONDARY, as Image Type."""
+    for element in groups:
+        if element.VR != "SQ":
+            continue
+        for item in element.value:
+            if "FrameType" in item:
+                item.FrameType = _enhanced_image_type(item.FrameType)
+
+
+def _enhanced_image_type(value: object) -> list[str]:
+    """DERIVED, value 2 kept: Enhanced IODs enumerate PRIMARY only for value 2 (PS3.3
+    C.8.16.1), so SPEC's SECONDARY would make the object invalid; values 3-4 kept."""
+    values = _derived_image_type(value)
+    source = [str(v) for v in value] if isinstance(value, list | tuple | MultiValue) else (
+        [str(value)] if value else [])
+    values[1] = source[1] if len(source) > 1 and source[1] else "PRIMARY"
+    return values
+
+
+def _scale_frame_groups(groups: Dataset, frame: Frame, f: int) -> None:
+    """Pixel Measures' spacing / f, Plane Position moved (highdicom's functional groups)."""
+    measures = groups.get("PixelMeasuresSequence")
+    if measures:
+        old = measures[0]
+        new = hd.PixelMeasuresSequence(
+            pixel_spacing=[v / f for v in frame.spacing],
+            slice_thickness=old.get("SliceThickness"),
+            spacing_between_slices=old.get("SpacingBetweenSlices"))
+        groups.PixelMeasuresSequence = new
+    if groups.get("PlanePositionSequence"):
+        moved = moved_position(frame.position, frame.orientation, frame.spacing, f)
+        groups.PlanePositionSequence = hd.PlanePositionSequence(
+            hd.CoordinateSystemNames.PATIENT, [float(v) for v in moved])

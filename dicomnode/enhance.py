@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 
-from dicomnode.derive import Derivation, derive_image, produced_by_dicomnode
+from dicomnode.derive import Derivation, DerivedMultiFrame, derive_image, produced_by_dicomnode
 from dicomnode.errors import DeriveError, InputRejected
 from dicomnode.logs import event
+from dicomnode.multiframe import Frame, MultiFrame, is_enhanced, read_multiframe
 from dicomnode.padding import (
     fill_padding,
     fills_padding,
@@ -81,6 +82,8 @@ class _Slice:
     """What the network is shown: ``values`` with declared padding filled (fill_padding)."""
     padded_stored: np.ndarray | None
     """The source's stored values where it declares padding (to put it back), else None."""
+    frame: Frame | None = None
+    """For a frame of an Enhanced object: which one (``ds`` then holds that frame alone)."""
 
 
 @dataclass
@@ -104,7 +107,9 @@ def enhance_series(
     Slices are decoded once each, in series order, and at most ``batch_size`` (plus the
     enhancer's ``context`` neighbours on each side) are in memory at a time. An enhancer with
     ``for_series`` first gets a few evenly spaced slices of the series (series statistics such
-    as percentiles), then the chunks.
+    as percentiles), then the chunks. An Enhanced MR/CT object goes the same way frame by
+    frame, stack by stack, and becomes one derived object of its SOP Class (or is refused
+    whole).
     """
     outcome = SeriesOutcome(series.series_instance_uid)
     reason = _series_refusal(series, enhancer.card)
@@ -115,18 +120,11 @@ def enhance_series(
     context = int(getattr(enhancer, "context", 0) or 0)
     bind = getattr(enhancer, "for_series", None)
     run = bind(series_sample(series)) if bind is not None else enhancer
-    for window in _windows(_decoded(series, outcome, on_image), batch_size, context):
-        output = np.asarray(run(window.stack), dtype=np.float64)
-        if len(output) != len(window.centre):
-            raise DeriveError(f"model {enhancer.card.name!r} returned {len(output)} slice(s) "
-                              f"for {len(window.centre)}")
-        for item, result in zip(window.centre, output, strict=True):
-            # MONOCHROME1 was negated when decoded: negate back before storing.
-            values = -result if item.fmt.inverted else result
+    single = [image for image in series.images if not is_enhanced(image.sop_class_uid)]
+    for window in _windows(_decoded(single, outcome, on_image), batch_size, context):
+        for item, result in zip(window.centre, _infer(run, window, enhancer), strict=True):
             try:
-                stored = stored_values(values, item.fmt)
-                if item.padded_stored is not None:
-                    stored = keep_padding(item.ds, item.padded_stored, stored, derivation.scale)
+                stored = _stored(item, result, derivation.scale)
                 derived = derive_image(item.ds, stored, item.fmt, derivation)
                 outcome.written.append(sink(derived))  # a sink may refuse with DeriveError
             except DeriveError as exc:
@@ -134,35 +132,116 @@ def enhance_series(
                 event(log, "derive_failed", logging.WARNING,
                       sop_uid=item.image.sop_instance_uid, reason=str(exc))
             _tick(on_image)
+    for image in series.images:
+        if is_enhanced(image.sop_class_uid):
+            _enhance_object(image, run, enhancer, derivation, sink, outcome, batch_size, context)
+            _tick(on_image)
     event(log, "series_enhanced", series_uid=series.series_instance_uid,
           model=enhancer.card.name, written=len(outcome.written),
           rejected=len(outcome.rejected))
     return outcome
 
 
+def _enhance_object(image: SourceImage, run: Callable[[np.ndarray], np.ndarray],
+                    enhancer: Enhancer, derivation: Derivation, sink: Sink,
+                    outcome: SeriesOutcome, batch_size: int, context: int) -> None:
+    """One Enhanced object through the model, a window of frames at a time, into one derived
+    object; a frame that cannot be read or derived refuses the whole object, with its reason.
+    """
+    try:
+        source = read_multiframe(image.path)
+        reason = _content_refusal(source, enhancer.card)
+        if reason is not None:
+            raise InputRejected(reason)
+        derived = DerivedMultiFrame(source, derivation)
+        for stack in source.stacks():
+            frames = (_load_frame(image, source, frame) for frame in stack)
+            for window in _windows(frames, batch_size, context):
+                for item, result in zip(window.centre, _infer(run, window, enhancer),
+                                        strict=True):
+                    assert item.frame is not None
+                    derived.put(item.frame, _stored(item, result, derivation.scale))
+        outcome.written.append(sink(derived.dataset()))  # a sink may refuse with DeriveError
+    except (InputRejected, DeriveError) as exc:
+        outcome.rejected.append((image.path, str(exc)))
+        event(log, "image_rejected", logging.WARNING, sop_uid=image.sop_instance_uid,
+              reason=str(exc))
+        return
+    event(log, "object_enhanced", sop_uid=image.sop_instance_uid,
+          frames=source.number_of_frames)
+
+
+def _content_refusal(source: MultiFrame, card: ModelCard) -> str | None:
+    """A CT model works in Hounsfield units: frames that say they hold another quantity (a
+    perfusion map's Rescale Type) are not its input."""
+    if card.normalisation_spec.method != "hu":
+        return None
+    other = sorted({f.rescale_type for f in source.frames if f.rescale_type not in ("", "HU")})
+    if not other:
+        return None
+    image_type = "\\".join(str(v) for v in source.header.get("ImageType", []) or [])
+    return (f"the frames hold {', '.join(repr(t) for t in other)} values, not Hounsfield "
+            f"units (Rescale Type of the Pixel Value Transformation; Image Type "
+            f"{image_type or 'missing'}): model {card.name!r} works on CT in HU; route this "
+            "series to no rule, or to a model for its values")
+
+
+def _infer(run: Callable[[np.ndarray], np.ndarray], window: _Window,
+           enhancer: Enhancer) -> np.ndarray:
+    output = np.asarray(run(window.stack), dtype=np.float64)
+    if len(output) != len(window.centre):
+        raise DeriveError(f"model {enhancer.card.name!r} returned {len(output)} slice(s) "
+                          f"for {len(window.centre)}")
+    return output
+
+
+def _stored(item: _Slice, result: np.ndarray, scale: int) -> np.ndarray:
+    """A model's output back to the source's stored values, declared padding put back."""
+    # MONOCHROME1 was negated when decoded: negate back before storing.
+    values = -result if item.fmt.inverted else result
+    stored = stored_values(values, item.fmt)
+    if item.padded_stored is not None:
+        stored = keep_padding(item.ds, item.padded_stored, stored, scale)
+    return stored
+
+
 def series_sample(series: Series, count: int = SAMPLE_SLICES) -> list[np.ndarray]:
     """Up to ``count`` evenly spaced slices of ``series`` ("bright = high" modality values).
 
-    The cheap first pass for series statistics; an image that cannot be decoded is left out
-    here and refused, with its reason, when the series is processed.
+    The cheap first pass for series statistics; an Enhanced object counts as its frames (read
+    once per object, whatever the number of picks in it). An image that cannot be decoded is
+    left out here and refused, with its reason, when the series is processed.
     """
-    if not series.images:
+    sizes = [image.frames if is_enhanced(image.sop_class_uid) else 1 for image in series.images]
+    total = sum(sizes)
+    if not total:
         return []
-    picks = np.unique(np.linspace(0, len(series.images) - 1, min(count, len(series.images)))
-                      .round().astype(int))
+    picks = np.unique(np.linspace(0, total - 1, min(count, total)).round().astype(np.int64))
+    starts = np.cumsum([0, *sizes])
+    wanted: dict[int, list[int]] = {}
+    for pick in picks:
+        at = int(np.searchsorted(starts, pick, side="right")) - 1
+        wanted.setdefault(at, []).append(int(pick - starts[at]))
     sample = []
-    for index in picks:
+    for at, ordinals in wanted.items():
+        image = series.images[at]
         try:
-            sample.append(_load(series.images[index]).network)
+            if not is_enhanced(image.sop_class_uid):
+                sample.append(_load(image).network)
+                continue
+            source = read_multiframe(image.path)
+            for ordinal in ordinals:
+                if ordinal < source.number_of_frames:
+                    sample.append(_load_frame(image, source, source.frames[ordinal]).network)
         except InputRejected:
             continue
     return sample
 
 
-def _decoded(series: Series, outcome: SeriesOutcome,
+def _decoded(images: list[SourceImage], outcome: SeriesOutcome,
              on_image: Callable[[], None] | None) -> Iterator[_Slice]:
     """The usable slices in series order; refused ones are recorded (and ticked) on the way."""
-    for image in series.images:
+    for image in images:
         try:
             yield _load(image)
         except InputRejected as exc:
@@ -236,6 +315,18 @@ def _load(image: SourceImage) -> _Slice:
             pass
     except Exception as exc:  # a file damaged after the header scan, or a malformed value
         raise InputRejected(f"cannot read {image.path.name}: {type(exc).__name__}: {exc}") from exc
+    return _decode(image, ds)
+
+
+def _load_frame(image: SourceImage, source: MultiFrame, frame: Frame) -> _Slice:
+    """One frame of an Enhanced object, checked and decoded as a single image would be."""
+    try:
+        return _decode(image, source.frame_dataset(frame), frame)
+    except InputRejected as exc:
+        raise InputRejected(f"frame {frame.number}: {exc}") from None
+
+
+def _decode(image: SourceImage, ds: Dataset, frame: Frame | None = None) -> _Slice:
     fmt = pixel_format(ds)
     modality = modality_values(ds, fmt)
     # MONOCHROME1 is shown inverted: negate so models always see "bright = high".
@@ -244,7 +335,7 @@ def _load(image: SourceImage) -> _Slice:
     fill = padded is not None and fills_padding(str(ds.get("Modality", "") or ""))
     mask = padding_mask(ds, padded) if fill else None
     network = values if mask is None else fill_padding(values, mask)
-    return _Slice(image, ds, fmt, values, network, padded)
+    return _Slice(image, ds, fmt, values, network, padded, frame)
 
 
 def _tick(callback: Callable[[], None] | None) -> None:

@@ -100,10 +100,16 @@ def pixel_format(ds: Dataset) -> PixelFormat:
             f"Rows x Columns is {rows} x {columns}: larger than the supported "
             f"{MAX_PIXELS_PER_FRAME} pixels per frame"
         )
+    if frames < 1:
+        raise InputRejected(f"NumberOfFrames is {frames}: an image holds at least one frame")
     if frames != 1:
+        sop_class = UID(str(_value(ds, "SOPClassUID") or "")).name or "this SOP class"
+        if "Enhanced" in sop_class:
+            raise InputRejected(f"NumberOfFrames is {frames}: multi-frame {sop_class} objects "
+                                "are read frame by frame (dicomnode.multiframe), not as one image")
         raise InputRejected(
-            f"NumberOfFrames is {frames}: multi-frame images are not processed yet "
-            "(classic single-frame images only)"
+            f"NumberOfFrames is {frames}: multi-frame images are derived only as Enhanced "
+            f"MR/CT (or Legacy Converted Enhanced) objects, not as {sop_class}"
         )
     if bits_allocated not in (8, 16, 32):
         raise InputRejected(f"BitsAllocated is {bits_allocated}: expected 8, 16 or 32")

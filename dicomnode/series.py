@@ -33,6 +33,8 @@ class SourceImage:
     instance_number: int | None
     orientation: tuple[float, ...] | None
     position: tuple[float, float, float] | None
+    frames: int = 1
+    """NumberOfFrames as the header says (1 when absent or unreadable); checked when read."""
 
     def read(self) -> Dataset:
         """The whole dataset, pixels included (read on demand, never cached)."""
@@ -154,6 +156,7 @@ def _source_image(path: Path, header: Dataset) -> SourceImage:
         instance_number=_int_or_none(header.get("InstanceNumber")),
         orientation=_floats(header.get("ImageOrientationPatient"), 6),
         position=_floats(header.get("ImagePositionPatient"), 3),  # type: ignore[arg-type]
+        frames=max(_int_or_none(header.get("NumberOfFrames")) or 1, 1),
     )
 
 

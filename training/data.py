@@ -166,31 +166,27 @@ def _multi_frame(ds: pydicom.Dataset
                  ) -> tuple[np.ndarray, float | None, str, tuple[float, float] | None]:
     """Frames of an Enhanced (multi-frame) image as slices in modality values, in volume order.
 
-    Enhanced MR and CT keep spacing, position and rescale in functional groups, per frame or
-    shared (a Siemens XA export has its PixelSpacing only per frame); highdicom reads them and
-    sorts the frames along the stack's normal, which plain Pixel Data order does not promise.
-    Raises ValueError for frames that do not form one regular stack (several stacks, missing
-    positions), which ``load_series`` then skips with its reason.
+    The node's reader (``dicomnode.multiframe``) does it, so training and the node see the same
+    frames in the same order: spacing, position and rescale from the functional groups (per
+    frame or shared; a Siemens XA export has its PixelSpacing only per frame), frames sorted
+    along the stack's normal, which plain Pixel Data order does not promise.
+    Raises ValueError for frames that do not form one stack it can decode (mixed orientations,
+    two frames in one place, missing positions), which ``load_series`` then skips with its reason.
     """
-    import highdicom as hd
+    from dicomnode.multiframe import read_multiframe
 
-    photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
-    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise InputRejected(f"PhotometricInterpretation {photometric or 'missing'!r}: models "
-                            "take grayscale images only")
     try:
-        image = hd.Image.from_dataset(ds, copy=False)
-        volume = image.get_volume(dtype=np.float32, apply_real_world_transform=False,
-                                  apply_presentation_lut=False)
-    except Exception as exc:  # highdicom's errors vary by defect; any of them skips this file
+        image = read_multiframe(ds)
+        volume = image.volume()
+    except InputRejected as exc:
         raise ValueError(f"multi-frame image is not one regular stack of frames it can decode "
-                         f"({type(exc).__name__}: {exc})") from exc
-    spacing = float(np.mean(volume.spacing[1:]))
+                         f"({exc})") from exc
+    first = image.frames[0]
+    spacing = float(np.mean(first.spacing))
     # Padding: Pixel Padding Value is a top-level attribute; modality values need the rescale,
     # which Enhanced objects keep in the Pixel Value Transformation functional group.
-    slope, intercept = _frame_rescale(ds)
-    return (np.ascontiguousarray(volume.array, dtype=np.float32),
-            spacing if spacing > 0 else None, photometric, _padding(ds, slope, intercept))
+    return (volume, spacing, image.fmt.photometric,
+            _padding(ds, first.slope, first.intercept))
 
 
 def _frame_rescale(ds: pydicom.Dataset) -> tuple[float, float]:
