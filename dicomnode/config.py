@@ -7,6 +7,7 @@ fixes a config in one pass instead of one error per restart.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import re
 import tomllib
 from collections.abc import Callable, Collection, Mapping
@@ -58,6 +59,22 @@ class NodeConfig:
 class HttpConfig:
     host: str = "127.0.0.1"
     port: int = 8080
+    token_file: Path | None = None  # required when host is not loopback (SPEC section 10)
+    show_phi: bool = False  # the status page shows patient names/IDs only when true
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.host)
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost; a name or 0.0.0.0 is not."""
+    if host.strip().casefold() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip()).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -235,6 +252,8 @@ def check_files(config: Config) -> list[str]:
         entries.append(("node.tls", config.node.tls))
     entries += [(f"destinations[{i}].tls", d.tls) for i, d in enumerate(config.destinations)
                 if d.tls is not None]
+    if config.http.token_file is not None:
+        problems += _secret_file_problems("http.token_file", config.http.token_file)
     for i, d in enumerate(config.destinations):
         if d.auth_file is not None:
             problems += _secret_file_problems(f"destinations[{i}].auth_file", d.auth_file)
@@ -264,10 +283,18 @@ def _secret_file_problems(where: str, path: Path) -> list[str]:
 
 def _parse_http(c: _Checker, t: Mapping[str, Any]) -> HttpConfig:
     d = HttpConfig()
-    c.known_keys(t, "http", ("host", "port"))
+    c.known_keys(t, "http", ("host", "port", "token_file", "show_phi"))
+    host = c.get(t, "host", "http", str, d.host, _non_empty)
+    token = c.get(t, "token_file", "http", str, "")
+    if not token.strip() and not is_loopback(host):
+        c.problems.append(
+            f"http.token_file: required when http.host is not loopback (got host {host!r}): "
+            "name a file holding a bearer token, or set host = \"127.0.0.1\"")
     return HttpConfig(
-        host=c.get(t, "host", "http", str, d.host, _non_empty),
+        host=host,
         port=c.port(t, "port", "http", d.port),
+        token_file=Path(token) if token.strip() else None,
+        show_phi=c.get(t, "show_phi", "http", bool, d.show_phi),
     )
 
 

@@ -249,9 +249,9 @@ DICOMDIR; it is not a Media Storage Application Profile).
 ## 3. Introduction
 
 - Audience: PACS administrators and integrators connecting modalities, routers and archives.
-- Remarks: this statement covers the DICOM network interface only. The HTTP status server
-  (`/healthz`, `/metrics`, `/api/series`) is not DICOM and is described in
-  `docs/OPERATIONS.md`.
+- Remarks: this statement covers the DICOM interfaces (DIMSE, and STOW-RS as a sender). The
+  HTTP status server (status page at `/`, `/healthz`, `/metrics`, `/api/series`) is not DICOM
+  and is described in `docs/OPERATIONS.md`.
 - References: NEMA PS3.2 (Conformance), PS3.4 (Service Class Specifications), PS3.7
   (Message Exchange), PS3.8 (Network Communication), PS3.15 (Security Profiles).
 
@@ -405,6 +405,10 @@ suffix, derivation description, equipment) are plain ASCII.
   defaults for ciphers); with `node.tls.ca`, client certificates are required and verified.
   Destinations may require TLS with server verification (`[destinations.tls]`), optionally
   presenting a client certificate.
+- HTTP status server: loopback only by default; on any other interface `[http] token_file`
+  is required and every request but `/healthz` needs `Authorization: Bearer <token>` (or
+  the session cookie of the sign-in form). Patient names and IDs appear on the status page
+  only with `[http] show_phi = true`.
 - Logs carry UIDs and AE titles, never patient names or IDs at INFO level.
 
 ## 8. Annexes

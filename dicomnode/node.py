@@ -61,7 +61,7 @@ class Node:
         for thread in (*self.workers, *self.forwarders, self.router):
             thread.start()
         self.http = StatusServer(self.config.http.host, self.config.http.port, self.health,
-                                 self.metrics.render, self._series)
+                                 self.metrics.render, self._series, config=self.config)
         self.http.start()
         event(log, "node_started", ae_title=self.config.node.ae_title,
               port=self.config.node.port, http_port=self.http.port,

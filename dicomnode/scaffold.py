@@ -73,8 +73,11 @@ retention_hours = 72            # originals and sent derived objects are purged 
 # ca = "{secrets}/ca.pem"       # when present, client certificates are required
 
 [http]
-host = "127.0.0.1"              # status page, /healthz, /metrics, /api/series
+host = "127.0.0.1"              # status page (/), /healthz, /metrics, /api/series
 port = {http_port}
+# token_file = "{secrets}/http.token"  # required when host is not loopback: clients send
+#                                 # "Authorization: Bearer <token>", browsers sign in once
+show_phi = false                # true: the status page shows patient names and IDs
 
 [worker]
 device = "auto"                 # auto | cpu | cuda | cuda:N | mps
