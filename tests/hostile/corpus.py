@@ -43,6 +43,7 @@ DATA = Path(__file__).resolve().parent.parent / "data"
 MR_DIR = DATA / "mr_siemens_prisma_t1_fl2d_sag_35sl"
 TS_DIR = DATA / "ts_mr_siemens_trio_9syntaxes"
 CODEC_DIR = DATA / "codec_singles"
+ENHANCED_MR_DIR = DATA / "mr_siemens_prisma_xa30_t1_tfl_enhanced_96fr"
 
 UID_ROOT = "1.2.826.0.1.3680043.10.6"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -52,6 +53,7 @@ DEFLATED = "1.2.840.10008.1.2.1.99"
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+ENHANCED_MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"
 WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
 MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"
 RAW_DATA_STORAGE = "1.2.840.10008.5.1.4.1.1.66"
@@ -826,6 +828,94 @@ def number_of_frames_huge() -> Payload:
 def number_of_frames_zero() -> Payload:
     """NumberOfFrames 0."""
     return one(mr("number_of_frames_zero", NumberOfFrames=0))
+
+
+# -- Enhanced (multi-frame) MR: the real Siemens XA30 object cut to a few frames ----------------
+
+def enhanced_mr(name: str, frames: int = 6) -> Dataset:
+    """The first ``frames`` frames of the real XA30 Enhanced MR in the case's own series."""
+    ds = copy.deepcopy(_enhanced_template(frames))
+    ds.SeriesInstanceUID = uid(name, "1")
+    ds.SOPInstanceUID = uid(name, "2")
+    ds.SeriesDescription = f"hostile {name}"[:64]
+    return ds
+
+
+@cache
+def _enhanced_template(frames: int) -> Dataset:
+    ds = source(next(ENHANCED_MR_DIR.glob("*.dcm")))
+    ds.remove_private_tags()
+    size = int(ds.Rows) * int(ds.Columns) * 2
+    ds.PixelData = ds.PixelData[: frames * size]
+    ds.PerFrameFunctionalGroupsSequence = Sequence(list(ds.PerFrameFunctionalGroupsSequence)
+                                                   [:frames])
+    ds.NumberOfFrames = frames
+    for keyword in ("SmallestImagePixelValue", "LargestImagePixelValue"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    return ds
+
+
+@case(net=OK, job="done (1 derived)", enhance="derived")
+def enhanced_mr_control() -> Payload:
+    """A good Enhanced MR of 6 frames (the control: derived in its own IOD)."""
+    return one(enhanced_mr("enhanced_mr_control"), sop_class=ENHANCED_MR_STORAGE)
+
+
+@case(net=OK, job="failed: nothing derived: NumberOfFrames is 9 but PerFrameFunctionalGroups",
+      enhance="refused: NumberOfFrames is 9 but PerFrameFunctionalGroupsSequence has 6")
+def enhanced_number_of_frames_lies() -> Payload:
+    """An Enhanced MR whose NumberOfFrames says 9 for 6 frames and 6 per-frame items."""
+    ds = enhanced_mr("enhanced_number_of_frames_lies")
+    ds.NumberOfFrames = 9
+    return one(ds, sop_class=ENHANCED_MR_STORAGE)
+
+
+@case(net=OK, job="failed: nothing derived: NumberOfFrames is 2147483647",
+      enhance="refused: NumberOfFrames is 2147483647", watch_memory=True)
+def enhanced_number_of_frames_huge() -> Payload:
+    """An Enhanced MR whose NumberOfFrames says 2147483647 (6 frames of data)."""
+    ds = enhanced_mr("enhanced_number_of_frames_huge")
+    ds.NumberOfFrames = 2147483647
+    return one(ds, sop_class=ENHANCED_MR_STORAGE)
+
+
+@case(net=OK, job=("failed: nothing derived: Pixel Data holds", "larger than the data"),
+      enhance=("refused: Pixel Data holds", "NumberOfFrames is larger than the data"))
+def enhanced_pixel_data_short() -> Payload:
+    """An Enhanced MR with 6 frames described but Pixel Data for 3."""
+    ds = enhanced_mr("enhanced_pixel_data_short")
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+    return one(ds, sop_class=ENHANCED_MR_STORAGE)
+
+
+@case(net=OK, job="failed: nothing derived: PerFrameFunctionalGroupsSequence (5200,9230) is "
+      "missing", enhance="refused: PerFrameFunctionalGroupsSequence (5200,9230) is missing")
+def enhanced_functional_groups_missing() -> Payload:
+    """An Enhanced MR without its per-frame and shared functional groups."""
+    ds = enhanced_mr("enhanced_functional_groups_missing")
+    del ds.PerFrameFunctionalGroupsSequence, ds.SharedFunctionalGroupsSequence
+    return one(ds, sop_class=ENHANCED_MR_STORAGE)
+
+
+@case(net=OK, job="failed: nothing derived: frame 3 has no ImagePositionPatient",
+      enhance="refused: frame 3 has no ImagePositionPatient")
+def enhanced_plane_position_missing() -> Payload:
+    """An Enhanced MR whose third frame has no Plane Position."""
+    ds = enhanced_mr("enhanced_plane_position_missing")
+    del ds.PerFrameFunctionalGroupsSequence[2].PlanePositionSequence
+    return one(ds, sop_class=ENHANCED_MR_STORAGE)
+
+
+@case(net=OK, job="failed: nothing derived: frames 1 and 4 have different "
+      "ImageOrientationPatient", enhance="refused: frames 1 and 4 have different "
+      "ImageOrientationPatient")
+def enhanced_mixed_orientations() -> Payload:
+    """An Enhanced MR whose frames 4-6 are axial, frames 1-3 sagittal (a 3-plane localizer)."""
+    ds = enhanced_mr("enhanced_mixed_orientations")
+    for item in list(ds.PerFrameFunctionalGroupsSequence)[3:]:
+        item.PlaneOrientationSequence[0].ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    return one(ds, sop_class=ENHANCED_MR_STORAGE)
 
 
 @case(net=OK, job="failed: nothing derived: Float Pixel Data is not supported",

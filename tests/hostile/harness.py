@@ -420,7 +420,12 @@ def enhance_outcomes(folder: Path, out: Path, staged: dict[str, Part10], code: i
     derived_sources: dict[str, int] = {}
     for path in out.rglob("*.dcm") if out.exists() else []:
         header = pydicom.dcmread(path, stop_before_pixels=True)
-        source = str(header.SourceImageSequence[0].ReferencedSOPInstanceUID)
+        if "SourceImageSequence" in header:
+            reference = header.SourceImageSequence[0]
+        else:  # an Enhanced object references its source per frame
+            reference = (header.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0]
+                         .SourceImageSequence[0])
+        source = str(reference.ReferencedSOPInstanceUID)
         derived_sources[source] = derived_sources.get(source, 0) + 1
     outcomes = {}
     for name in staged:
