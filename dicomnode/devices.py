@@ -34,6 +34,9 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 # gain is within the noise of a shared machine and not worth bf16's rounding.
 AUTO_MIN_SPEEDUP = 1.2
 PROBE_WARMUP, PROBE_REPEATS = 2, 3
+# Timed rounds stop once the measurement has taken this long (at least one round is timed): on
+# a CPU shared with other work one NAFNet round took 8 s instead of 0.5 (docs/BENCHMARKS.md).
+PROBE_BUDGET_S = 10.0
 _CPU_DECISIONS: dict[Hashable, str] = {}  # (architecture, parameters, threads) -> precision
 
 
@@ -169,13 +172,15 @@ def measured_cpu_precision(probe: Callable[[str], object], key: Hashable = None,
 
 def time_precisions(probe: Callable[[str], object], precisions: Iterable[str],
                     warmup: int = PROBE_WARMUP, repeats: int = PROBE_REPEATS,
-                    timer: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+                    timer: Callable[[], float] = time.perf_counter,
+                    budget: float = PROBE_BUDGET_S) -> dict[str, float]:
     """Median seconds of ``probe(precision)`` for each precision, after ``warmup`` calls each.
 
     The formats take turns in every round, so load from other processes that comes and goes
-    during the measurement falls on both alike.
+    during the measurement falls on both alike; rounds stop after ``budget`` seconds.
     """
     precisions = tuple(precisions)
+    began = timer()
     for _ in range(warmup):
         for precision in precisions:
             probe(precision)
@@ -185,6 +190,8 @@ def time_precisions(probe: Callable[[str], object], precisions: Iterable[str],
             start = timer()
             probe(precision)
             times[precision].append(timer() - start)
+        if timer() - began > budget:
+            break
     return {p: statistics.median(t) for p, t in times.items()}
 
 

@@ -55,6 +55,10 @@ def test_timings_are_medians_after_warm_up_with_the_formats_taking_turns() -> No
     timings = time_precisions(clock.probe, ("fp32", "bf16"), warmup=2, repeats=3, timer=clock)
     assert timings == pytest.approx({"fp32": 0.3, "bf16": 0.1})
     assert clock.calls == ["fp32", "bf16"] * 5
+    slow = FakeClock({"fp32": 3.0, "bf16": 1.0})  # on a busy machine: stop after the budget
+    timings = time_precisions(slow.probe, ("fp32", "bf16"), warmup=2, repeats=3, timer=slow,
+                              budget=10.0)
+    assert slow.calls == ["fp32", "bf16"] * 3 and timings == {"fp32": 3.0, "bf16": 1.0}
 
 
 @pytest.mark.parametrize(("bf16_cost", "expected"), [(0.13, "bf16"), (0.45, "fp32")])
