@@ -41,6 +41,9 @@ KNOWN_CYCLE_EDGES = {
     ("dicomnode.zoo", "dicomnode.classical"): "the same",
     ("training.evaluate", "training.train"): "evaluate.load_model reads checkpoints with "
                                              "train.read_checkpoint; train imports evaluate",
+    ("dicomnode.scu", "dicomnode.dicomweb"): "Forwarder imports send_dicomweb inside a method; "
+                                             "dicomweb imports scu's Outcome and classify_status "
+                                             "(new with the DICOMweb destination, f821792)",
 }
 
 
