@@ -212,3 +212,51 @@ def test_a_classical_card_can_turn_a_guard_on(tmp_path: Path) -> None:
     enhancer = load_model("bicubic-bp", tmp_path)
     stack = _phantom(1, 20, 16) - 1000
     np.testing.assert_allclose(block_mean(enhancer(stack), 2), stack, atol=1e-3)
+
+
+# --- outputs with outliers: the bounds come from the input, whatever the output holds ------
+
+
+def _noisy_mr_like(count: int = 2) -> np.ndarray:
+    clean = _phantom(count, 96, 80, floor=40.0)
+    return clean + np.random.default_rng(3).normal(0, 20, clean.shape)
+
+
+def test_intensity_guard_bound_is_the_inputs_range_when_the_output_has_a_hot_pixel() -> None:
+    """One hot pixel in a denoiser's output multiplies the output's range by ~30; the 0.5 %
+    bound is of the input's range, so a 3 % level shift elsewhere is still taken out, and the
+    hot pixel's own low-pass is brought within it too."""
+    noisy = _noisy_mr_like()
+    series_range = float(np.ptp(noisy))
+    bad = _phantom(2, 96, 80, floor=40.0) + 0.03 * series_range
+    bad[0, 48, 40] = 30 * series_range  # one hot pixel
+    assert np.ptp(bad) > 25 * series_range
+    guarded = preserve_intensity(bad, noisy)
+    assert np.abs(low_pass(guarded) - low_pass(noisy)).max() <= 0.005 * series_range
+    far = np.ones(noisy.shape[1:], dtype=bool)
+    far[28:68, 20:60] = False  # away from the hot pixel: the shift itself is gone
+    assert abs(float((guarded - bad)[1].mean()) + 0.03 * series_range) < 0.005 * series_range
+    assert abs(float((guarded - bad)[0][far].mean()) + 0.03 * series_range) < (
+        0.005 * series_range)
+
+
+def test_intensity_guard_takes_a_hot_pixel_s_low_pass_out() -> None:
+    """A perfect denoiser plus one hot pixel: the excess of the pixel's low-pass beyond the
+    bound is removed around it, and nothing changes far from it."""
+    noisy = _noisy_mr_like(1)
+    series_range = float(np.ptp(noisy))
+    output = noisy.copy()
+    output[0, 30, 30] += 20 * series_range
+    guarded = preserve_intensity(output, noisy)
+    assert np.abs(low_pass(guarded) - low_pass(noisy)).max() <= 0.005 * series_range
+    np.testing.assert_allclose(guarded[0, 70:, 60:], output[0, 70:, 60:], atol=1e-6)
+
+
+@pytest.mark.parametrize("degradation", ["kspace", "block_mean"])
+def test_consistency_holds_for_an_output_with_a_hot_pixel(degradation: str) -> None:
+    source = _phantom(2, 40, 36, floor=40.0)
+    output = np.repeat(np.repeat(source, 2, axis=-2), 2, axis=-1)
+    output[1, 17, 23] = 1e6  # far outside the source's range
+    guarded = apply_guards(("consistency",), output, source, 2, degradation)
+    degrade = kspace_truncate if degradation == "kspace" else block_mean
+    np.testing.assert_allclose(degrade(guarded, 2), source, atol=1e-6)
