@@ -55,6 +55,12 @@ def test_mr_bicubic_x2_meets_the_contract_and_repeats(tmp_path: Path, capsys):
     first, second = _derived(out1), _derived(out2)
     assert len(first) == 35
     assert [p.relative_to(out1) for p in first] == [p.relative_to(out2) for p in second]
+    for a, b in zip(first, second, strict=True):  # same UIDs and pixels, not just file names
+        one, two = pydicom.dcmread(a), pydicom.dcmread(b)
+        assert (one.SOPInstanceUID, one.SeriesInstanceUID) == (two.SOPInstanceUID,
+                                                                two.SeriesInstanceUID)
+        assert a.name == f"{one.SOPInstanceUID}.dcm"
+        assert one.PixelData == two.PixelData
     assert _digests(MR_DIR) == before  # sources unchanged, byte for byte
 
     sources = _sources_by_uid(MR_DIR)
