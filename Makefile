@@ -5,6 +5,8 @@
 #                go to docs/RELIABILITY.md), then fuzzing for SOAK_MINUTES (default 10)
 #   make reliability  play the hostile corpus and the fault tests against fresh nodes,
 #                rewrite both tables of docs/RELIABILITY.md
+#   make mutants break the product on purpose in a scratch copy (bench/mutants.py), run the
+#                tests that should notice each break; fails if any break survives
 
 PYTHON ?= python3
 VENV   := .venv
@@ -16,7 +18,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # torch first, pinned: this build is on local disk here; any other request downloads GBs.
 TORCH  := torch==2.13.0
 
-.PHONY: all install serve test test-fast soak reliability lint peers system clean
+.PHONY: all install serve test test-fast soak reliability mutants lint peers system clean
 
 all: install
 
@@ -60,6 +62,10 @@ test: install peers
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
+
+# Minutes: every mutant's tests run twice (unbroken, then broken), niced below training.
+mutants: install peers
+	nice -n 15 $(BIN)/python bench/mutants.py
 
 lint: install
 	$(BIN)/ruff check .
