@@ -37,14 +37,19 @@ class Mutant:
     path: str = ""  # file edited (relative to the repository); empty for a zoo mutant
     old: str = ""
     new: str = ""
-    random_zoo: bool = False  # run the tests with $DICOMNODE_MODELS on a randomised zoo
+    random_model: str = ""  # run the tests on a zoo ($DICOMNODE_MODELS) where it is random
+
+
+def _random_weights(model: str) -> Mutant:
+    return Mutant(f"random-weights-{model}",
+                  f"{model}'s weights replaced by random tensors of the same shapes (the "
+                  "network's own initialisation), card sha256 updated as a re-export would",
+                  ("tests/test_shipped_models.py::test_model_beats_the_best_baseline_by_its_"
+                   f"margin[{model}]",), random_model=model)
 
 
 MUTANTS = (
-    Mutant("random-weights",
-           "every learned model's weights replaced by random tensors of the same shapes (the "
-           "network's own initialisation), card sha256 updated as a re-export would",
-           ("tests/test_shipped_models.py",), random_zoo=True),
+    *(_random_weights(m) for m in ("mr-sr-x2", "mr-denoise", "ct-denoise", "xr-denoise")),
     Mutant("no-fsync", "spool.store_instance writes without fsync (file and folder)",
            ("tests/node/test_durability.py::test_success_is_sent_only_after_the_instance_is_"
             "durable",),
@@ -111,11 +116,12 @@ def run_tests(repo: Path, tests: tuple[str, ...], env: dict[str, str], first_fai
 
 def apply(repo: Path, mutant: Mutant, work: Path) -> dict[str, str]:
     """Break the copy as ``mutant`` says; returns extra environment for its tests."""
-    if mutant.random_zoo:
+    if mutant.random_model:
         sys.path.insert(0, str(repo))
         from tests.model_quality import randomise_zoo
 
-        zoo = randomise_zoo(repo / "models", work / f"zoo-{mutant.name}")
+        zoo = randomise_zoo(repo / "models", work / f"zoo-{mutant.name}",
+                            names=[mutant.random_model])
         return {"DICOMNODE_MODELS": str(zoo)}
     path = repo / mutant.path
     text = path.read_text(encoding="utf-8")

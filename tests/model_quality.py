@@ -278,9 +278,11 @@ def _score(source: _Source, output: np.ndarray) -> Score:
 RANDOM_KINDS = ("init", "randn")
 
 
-def randomise_zoo(source_zoo: Path, target: Path, kind: str = "init", seed: int = 0) -> Path:
-    """Copy ``source_zoo`` to ``target`` with every learned model's weights replaced by random
-    tensors of the same shapes, and the card's sha256 updated as a re-export would write it.
+def randomise_zoo(source_zoo: Path, target: Path, kind: str = "init", seed: int = 0,
+                  names: list[str] | None = None) -> Path:
+    """Copy ``source_zoo`` to ``target`` with the learned models' weights (``names``, default
+    all) replaced by random tensors of the same shapes, and the card's sha256 updated as a
+    re-export would write it.
 
     ``init``: the network's own random initialisation (an untrained model: small, smooth
     outputs, the hardest to tell from a baseline); ``randn``: standard normal tensors.
@@ -290,7 +292,7 @@ def randomise_zoo(source_zoo: Path, target: Path, kind: str = "init", seed: int 
     if kind not in RANDOM_KINDS:
         raise ValueError(f"kind {kind!r}: expected one of {RANDOM_KINDS}")
     shutil.copytree(source_zoo, target, symlinks=False)
-    for name in learned_names(target):
+    for name in learned_names(target) if names is None else names:
         card = load_card(name, target)
         torch.manual_seed(seed)
         state = build_network(card.architecture, dict(card.parameters)).state_dict()
