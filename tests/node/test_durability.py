@@ -62,7 +62,7 @@ class Recorder:
     def rename(self, real: Callable[..., None]) -> Callable[..., None]:
         def rename(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
             real(src, dst, *args, **kwargs)
-            self.add("rename", os.fspath(src), os.fspath(dst))
+            self.add("rename", os.path.realpath(src), os.path.realpath(dst))
         return rename
 
     def send_pdu(self, real: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
@@ -121,7 +121,7 @@ def test_success_is_sent_only_after_the_instance_is_durable(recorder: Recorder,
     for at, (_, sop_uid, status, indexed) in responses:
         assert status == 0x0000, (sop_uid, hex(status))
         assert indexed is not None, f"{sop_uid}: Success sent before the index row was committed"
-        final = Path(indexed)
+        final = Path(os.path.realpath(indexed))  # as /proc/self/fd names files
         before = events[:at]
         renames = [i for i, e in enumerate(before) if e[0] == "rename" and Path(e[2]) == final]
         assert renames, f"{sop_uid}: Success sent before the file was renamed into place"
