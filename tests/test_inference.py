@@ -40,6 +40,7 @@ TINY_GENERATORS: dict[str, dict[str, object]] = {
     "rlfn": {"num_features": 4, "num_blocks": 1, "esa_channels": 4},
     "conv_autoencoder": {"levels": 4, "base_channels": 4},
     "dncnn": {"depth": 3, "num_features": 4},
+    "ffdnet": {"depth": 3, "num_features": 4},
     "nafnet": {"width": 4, "encoder_blocks": [1, 1], "middle_blocks": 1,
                "decoder_blocks": [1, 1]},
 }
