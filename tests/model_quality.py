@@ -54,10 +54,10 @@ DEFAULT_LEVELS = {"rician": (0.03, 0.07), "ct_low_dose": (0.1, 0.25),
                   "poisson_gaussian": (300.0, 1000.0)}
 BASELINES = {"kspace": ("zero_filled", "bicubic"), "block_mean": ("bicubic",)}
 # PSNR (dB) by which each model must beat the best baseline on these slices, at every level.
-# Measured (bench/model_margins.py, docs/RELIABILITY.md): the shipped models gain +0.45
-# (mr-sr-x2), +0.62 (mr-denoise at 7 %), +0.72 (xr-denoise at 1000 photons) and +2.4 dB
+# Measured (bench/model_margins.py, docs/RELIABILITY.md): the shipped models gain +0.46
+# (mr-sr-x2), +0.67 (mr-denoise at 7 %), +0.72 (xr-denoise at 1000 photons) and +1.91 dB
 # (ct-denoise at 25 % dose); their weights replaced by the network's own random initialisation
-# score +0.04, -3.6, -14 and -21 dB, standard normal tensors -31 to -76 dB. An untrained
+# score +0.04, -3.2, -13.6 and -17.8 dB, standard normal tensors -19 to -48 dB. An untrained
 # mr-sr-x2 is zero-filling (its network adds a residual to it), hence its small margin.
 MARGIN_DB = {"mr-sr-x2": 0.2, "mr-denoise": 0.3, "xr-denoise": 0.3, "ct-denoise": 1.0}
 DEFAULT_MARGIN_DB = 0.2  # a model not listed: a candidate zoo's new name
