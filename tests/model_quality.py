@@ -58,8 +58,11 @@ BASELINES = {"kspace": ("zero_filled", "bicubic"), "block_mean": ("bicubic",)}
 # (mr-sr-x2), +0.67 (mr-denoise at 7 %), +0.72 (xr-denoise at 1000 photons) and +1.91 dB
 # (ct-denoise at 25 % dose); their weights replaced by the network's own random initialisation
 # score +0.04, -3.2, -13.6 and -17.8 dB, standard normal tensors -19 to -48 dB. An untrained
-# mr-sr-x2 is zero-filling (its network adds a residual to it), hence its small margin.
-MARGIN_DB = {"mr-sr-x2": 0.2, "mr-denoise": 0.3, "xr-denoise": 0.3, "ct-denoise": 1.0}
+# mr-sr-x2 is zero-filling (its network adds a residual to it), hence its small margin. The
+# margins stay well below the shipped gains: retrained models (mr-denoise trained to keep real
+# noise floors, for which this masked-background series is a no-harm check; ct-denoise as an
+# FFDNet) must pass, broken weights must not.
+MARGIN_DB = {"mr-sr-x2": 0.2, "mr-denoise": 0.1, "xr-denoise": 0.2, "ct-denoise": 0.5}
 DEFAULT_MARGIN_DB = 0.2  # a model not listed: a candidate zoo's new name
 
 
