@@ -108,6 +108,7 @@ class _Source:
     padding: np.ndarray  # (N, H, W) True where the source declares padding
     series_p99: float
     series_range: tuple[float, float]
+    modality: str = ""  # what the card asked for (a DX model gets the CR image as DX)
     sinograms: list[np.ndarray] | None = None  # CT: noise-free projections, shared by levels
 
 
@@ -131,6 +132,7 @@ def evaluate(name: str, zoo: Path, workdir: Path, levels: tuple[float, ...] | No
     if modality is None:
         raise ValueError(f"model {name}: no test slices for modalities {card.modalities}")
     source = _load_source(modality, card.scale)
+    source.modality = modality
     if levels is None:
         listed = card.degradation.get("evaluated_at")
         levels = tuple(float(v) for v in listed) if listed and kind in DEFAULT_LEVELS else (
@@ -216,6 +218,7 @@ def _write_inputs(folder: Path, source: _Source, degraded: np.ndarray, scale: in
         out.PixelData = data.astype(data.dtype.newbyteorder("<")).tobytes()
         out.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         out.InstanceNumber = number + 1
+        out.Modality = source.modality or out.Modality
         path = folder / f"{number:02d}.dcm"
         out.save_as(path, enforce_file_format=True)
         read_back.append(modality_values(pydicom.dcmread(path)).astype(np.float64))

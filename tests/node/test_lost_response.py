@@ -39,7 +39,7 @@ class LosingPacs:
         self.release = threading.Event()
         self.stored: dict[str, bytes] = {}
         self.receipts: Counter[str] = Counter()
-        self.associations: dict[str, list[int]] = {}  # SOP UID -> association of each receipt
+        self.associations: dict[str, list[object]] = {}  # SOP UID -> each receipt's association
         self.lost: str | None = None
         self._lock = threading.Lock()
         self.port = free_port()
@@ -55,7 +55,7 @@ class LosingPacs:
         with self._lock:
             self.stored[uid] = data  # the same UID again replaces, as a PACS does
             self.receipts[uid] += 1
-            self.associations.setdefault(uid, []).append(id(event.assoc))
+            self.associations.setdefault(uid, []).append(event.assoc)
             first = self.lost is None
             if first:
                 self.lost = uid
@@ -109,7 +109,7 @@ def _assert_resent_once(pacs: LosingPacs, states: list[tuple[str, str, int]]) ->
     assert set(pacs.stored) == set(attempts)
     assert pacs.receipts[pacs.lost] == 2 and sum(pacs.receipts.values()) == SLICES + 1
     first, second = pacs.associations[pacs.lost]
-    assert first != second  # resent on a new association
+    assert first is not second  # resent on a new association
 
 
 def test_aborted_after_the_request_is_resent_on_a_new_association(
