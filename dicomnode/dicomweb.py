@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset
 
 from dicomnode.config import Destination
 from dicomnode.errors import SendError
-from dicomnode.scu import Outcome, classify_status
+from dicomnode.outcomes import Outcome, classify_status
 from dicomnode.spool import Delivery
 
 log = logging.getLogger(__name__)

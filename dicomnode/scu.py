@@ -14,7 +14,6 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -26,6 +25,7 @@ from dicomnode.config import Config, Destination
 from dicomnode.errors import SendError
 from dicomnode.files import atomic_write_bytes, safe_name
 from dicomnode.logs import event
+from dicomnode.outcomes import Outcome, classify_status
 from dicomnode.scp import set_nodelay
 from dicomnode.spool import Delivery, Spool
 
@@ -38,30 +38,11 @@ MAX_CONTEXTS = 128
 # Short enough that pynetdicom's occasional lost C-STORE response (upstream issue 875) costs
 # seconds, not minutes: the instance is then resent on a new association.
 DIMSE_TIMEOUT = 20.0
-WARNING_STATUSES = {0xB000, 0xB006, 0xB007}
 
 
 def backoff(attempts: int) -> float:
     """Seconds before the next try after ``attempts`` failed tries: 5, 10, 20 ... 600."""
     return min(BACKOFF_FIRST * 2 ** max(attempts - 1, 0), BACKOFF_MAX)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    delivery: Delivery
-    ok: bool
-    transient: bool = False
-    error: str = ""
-    attempted: bool = True  # False: never sent on this association; goes again at once
-
-
-def classify_status(code: int) -> tuple[bool, bool]:
-    """(ok, transient) for a C-STORE response status."""
-    if code == 0x0000 or code in WARNING_STATUSES:
-        return True, False
-    if 0xA700 <= code <= 0xA7FF:
-        return False, True  # out of resources: the PACS may recover
-    return False, False  # 0xA9xx, 0xCxxx, 0x0122 ...: this instance will never be accepted
 
 
 def send_dicom(destination: Destination, deliveries: list[Delivery],
@@ -195,7 +176,7 @@ class Forwarder(threading.Thread):
         if self.destination.type == "folder":
             outcomes = copy_to_folder(self.destination, batch)
         elif self.destination.type == "dicomweb":
-            from dicomnode.dicomweb import send_dicomweb  # it imports this module
+            from dicomnode.dicomweb import send_dicomweb  # dicomweb-client on first use
 
             outcomes = send_dicomweb(self.destination, batch)
         else:

@@ -39,11 +39,6 @@ KNOWN_CYCLE_EDGES = {
     ("dicomnode.zoo", "dicomnode.learned"): "zoo.load_model imports the loaders inside the "
                                             "function; learned and classical import zoo",
     ("dicomnode.zoo", "dicomnode.classical"): "the same",
-    ("training.evaluate", "training.train"): "evaluate.load_model reads checkpoints with "
-                                             "train.read_checkpoint; train imports evaluate",
-    ("dicomnode.scu", "dicomnode.dicomweb"): "Forwarder imports send_dicomweb inside a method; "
-                                             "dicomweb imports scu's Outcome and classify_status "
-                                             "(new with the DICOMweb destination, f821792)",
 }
 
 

@@ -22,6 +22,7 @@ from dicomnode.guards import apply_guards, default_guards
 from dicomnode.nets import build_network
 from dicomnode.padding import fill_padding, fills_padding
 from dicomnode.zoo import load_card, verify_weights
+from training.checkpoint import make_setup, read_checkpoint
 from training.config import parse_config
 from training.data import SeriesData, stable_seed
 from training.metrics import average, beats, series_metrics
@@ -117,8 +118,6 @@ def load_model(name_or_checkpoint: str, models_dir: Path | None = None) -> Loade
     loading (safetensors only). Until the node's own learned-model loader lands this builds the
     network directly from the registry; it is the same registry the node uses.
     """
-    from training.train import make_setup, read_checkpoint
-
     path = Path(name_or_checkpoint)
     if path.exists():
         weights, meta = read_checkpoint(path)

@@ -21,8 +21,8 @@ from typing import Any
 from safetensors.torch import save_file
 
 from dicomnode.zoo import CARD_FILE, WEIGHTS_FILE, load_card
+from training.checkpoint import EVAL, HISTORY, ZOO_PREFIX, make_setup, read_checkpoint
 from training.config import REPO_ROOT, parse_config
-from training.train import EVAL, HISTORY, ZOO_PREFIX, make_setup, read_checkpoint
 
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 

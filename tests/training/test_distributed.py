@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests.training.test_train_export import _config
+from training.checkpoint import CHECKPOINT, HISTORY
 from training.export import dumps_toml
-from training.train import CHECKPOINT, HISTORY
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 

@@ -15,9 +15,10 @@ from safetensors.torch import load_file, save_file
 from dicomnode.errors import ConfigError
 from dicomnode.zoo import load_card, verify_weights
 from training import cli
+from training.checkpoint import CHECKPOINT, EVAL, HISTORY, ZOO_PREFIX, make_setup
 from training.config import load_config, parse_config
 from training.export import dumps_toml, export
-from training.train import CHECKPOINT, EVAL, HISTORY, ZOO_PREFIX, lr_factor, make_setup, train
+from training.train import lr_factor, train
 
 
 def _config(data: Path, out: Path, **overrides: Any) -> dict[str, Any]:
@@ -388,7 +389,7 @@ def test_padding_edge_weights_reach_the_pixel_loss(tmp_path: Path):
     weighted errors (the weights change the loss, the unweighted path is unchanged)."""
     from tests.conftest import CT_TILT_DIR
     from training.data import load_series
-    from training.train import BatchSampler, _generator_step, make_setup
+    from training.train import BatchSampler, _generator_step
 
     raw = _config(CT_TILT_DIR, tmp_path / "ct", modalities=["CT"])
     raw["degradation"] = {"kind": "ct_low_dose", "train_doses": [0.1, 0.5], "eval": [0.25],
@@ -427,7 +428,7 @@ def test_whole_slices_of_two_sizes_batch_by_size(tmp_path: Path):
     Enhanced MR): every batch is one size, and both sizes are drawn."""
     from tests.conftest import ENHANCED_MR_DIR, MR_DIR
     from training.data import SeriesData, load_series
-    from training.train import BatchSampler, make_setup
+    from training.train import BatchSampler
 
     raw = _config(MR_DIR, tmp_path / "sr")
     raw["degradation"] = {"kind": "kspace", "scale": 2}
