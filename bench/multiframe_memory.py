@@ -44,11 +44,11 @@ def build(frames: int, out: Path) -> None:
 def measure(path: Path, model: str, batch_size: int, out_dir: Path) -> dict:
     import numpy as np
 
+    from dicomnode.engine import load as load_model
     from dicomnode.enhance import derivation_for, enhance_series
     from dicomnode.files import write_dataset
     from dicomnode.multiframe import read_multiframe
     from dicomnode.series import scan_files
-    from dicomnode.zoo import load_model
 
     enhancer = load_model(model, batch_size=batch_size)
     source = read_multiframe(path)

@@ -242,10 +242,10 @@ def _echo(args: argparse.Namespace) -> int:
 def _enhance(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from dicomnode.engine import load as load_model
     from dicomnode.enhance import derivation_for, enhance_series
     from dicomnode.files import write_dataset
     from dicomnode.series import scan
-    from dicomnode.zoo import load_model
 
     if args.batch_size < 1:
         raise ConfigError(["--batch-size: expected an integer >= 1"], "enhance")

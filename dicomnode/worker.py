@@ -16,13 +16,14 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 
 from dicomnode.config import Config, WorkerConfig
+from dicomnode.engine import Enhancer
+from dicomnode.engine import load as load_model
 from dicomnode.enhance import derivation_for, enhance_series
 from dicomnode.errors import DicomNodeError
 from dicomnode.files import write_dataset
 from dicomnode.logs import event
 from dicomnode.series import scan_files
 from dicomnode.spool import Job, Spool
-from dicomnode.zoo import Enhancer, load_model
 
 log = logging.getLogger(__name__)
 

@@ -250,7 +250,7 @@ def run_problems(card: ModelCard) -> list[str]:
     """What a card lacks to be run (not just listed): each problem with its key path.
 
     Kept apart from :func:`parse_card` so that ``dicomnode models`` still lists such a card;
-    :func:`load_model` and :func:`verify_weights` (``check-config``) refuse it.
+    :func:`dicomnode.engine.load` and :func:`verify_weights` (``check-config``) refuse it.
     """
     problems = requirement_problems(card.active_guards, card.degradation)
     if card.learned and "method" not in card.normalisation:
@@ -305,39 +305,6 @@ def _check_digest(card: ModelCard, found: str) -> None:
             f"model {card.name!r}: {card.weights_path} has sha256 {found}, the card says "
             f"{card.weights_sha256}; the file was changed or damaged: re-export the model"
         )
-
-
-def load_model(
-    name: str,
-    zoo_dir: Path | None = None,
-    device: str = "auto",
-    precision: str = "auto",
-    tile: int | None = 512,
-    overlap: int = 32,
-    batch_size: int = 8,
-) -> Enhancer:
-    """The enhancer a card describes: a classical algorithm, or a network from safetensors.
-
-    ``device`` (``auto|cpu|cuda|cuda:N|mps``), ``precision`` (``auto|fp32|fp16|bf16``, within
-    the card's ``[inference] precisions``), ``tile``, ``overlap`` and ``batch_size`` configure
-    how a network runs (see :func:`dicomnode.inference.infer`); classical algorithms ignore them.
-    """
-    from dicomnode.classical import CLASSICAL
-
-    card = load_card(name, zoo_dir)
-    check_runnable(card)
-    if not card.learned:
-        factory = CLASSICAL.get(card.architecture)
-        if factory is None:
-            raise ModelError(
-                f"model {card.name!r}: architecture {card.architecture!r} is not a classical "
-                f"algorithm ({', '.join(sorted(CLASSICAL))}) and the card has no weights.sha256"
-            )
-        return factory(card)
-    from dicomnode.learned import load_network_enhancer
-
-    return load_network_enhancer(card, device=device, precision=precision, tile=tile,
-                                 overlap=overlap, batch_size=batch_size)
 
 
 def _is_sha256(value: object) -> bool:

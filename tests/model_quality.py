@@ -3,7 +3,7 @@
 A card's ``[metrics]`` are what the model scored when it was exported; nothing ties them to the
 weights that ship beside it. This runs the weights instead: a few real slices are degraded as
 SPEC section 7 says (``dicomnode.degradations``), written as DICOM files and enhanced exactly as
-``dicomnode enhance`` and the worker do (``zoo.load_model`` -> ``enhance.enhance_series`` ->
+``dicomnode enhance`` and the worker do (``engine.load`` -> ``enhance.enhance_series`` ->
 derived files read back); the section 7 baselines (``dicomnode.classical``, zero-filling) get
 the same input values. Scores follow SPEC section 8 (PSNR with the reference's range, SSIM with
 a Gaussian window), computed here independently of ``training``; a CT's declared padding (the
@@ -31,13 +31,14 @@ from skimage.metrics import structural_similarity
 
 from dicomnode import degradations as deg
 from dicomnode.classical import bicubic_upscale, nl_means
+from dicomnode.engine import load as load_model
 from dicomnode.enhance import derivation_for, enhance_series
 from dicomnode.files import write_dataset
 from dicomnode.nets import build_network
 from dicomnode.padding import fill_padding, fills_padding, padding_mask
 from dicomnode.pixels import modality_values, pixel_format, stored_values
 from dicomnode.series import scan
-from dicomnode.zoo import ModelCard, load_card, load_model
+from dicomnode.zoo import ModelCard, load_card
 from tests.conftest import CR_J2K, CT_TILT_DIR, MR_DIR
 
 # Which slices of tests/data each modality is scored on: a few, with anatomy in them. The MR is

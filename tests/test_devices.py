@@ -15,9 +15,10 @@ from dicomnode.devices import (
     measured_cpu_precision,
     time_precisions,
 )
+from dicomnode.engine import load as load_model
 from dicomnode.learned import precision_key, precision_probe
 from dicomnode.nets import build_network
-from dicomnode.zoo import load_card, load_model
+from dicomnode.zoo import load_card
 from tests.model_factory import TINY_DNCNN, write_model
 
 CPU = torch.device("cpu")

@@ -14,10 +14,11 @@ import torch
 
 from dicomnode.cli import main
 from dicomnode.degradations import block_mean, kspace_truncate
+from dicomnode.engine import load as load_model
 from dicomnode.errors import DeviceError, ModelError
 from dicomnode.learned import NetworkEnhancer
 from dicomnode.nets import build_network
-from dicomnode.zoo import ZOO_ENV, load_card, load_model
+from dicomnode.zoo import ZOO_ENV, load_card
 from tests.conftest import MR_DIR, dciodvfy_errors
 from tests.model_factory import TINY_DNCNN, TINY_RLFN, replace_weights, write_model
 
