@@ -77,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", type=_device, help="auto|cpu|cuda|cuda:N|mps")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--difference", action="store_true",
+                   help="also write each image's difference series (derived minus source)")
     p.set_defaults(handler=_enhance)
     p = sub.add_parser("init", parents=[common],
                        help="write a commented config.toml and the storage folders into DIR")
@@ -276,13 +278,15 @@ def _enhance(args: argparse.Namespace) -> int:
 
     suffix = f" [dicomnode {enhancer.card.name}]"
     derivation = derivation_for(enhancer.card, "enhance", suffix)
-    written = refused = 0
+    written = refused = differences = 0
     with tqdm(total=images, unit="img", disable=args.no_progress or None,
               file=sys.stderr) as bar:
         for series in result.series:
             outcome = enhance_series(series, enhancer, derivation, sink,
-                                     batch_size=args.batch_size, on_image=lambda: bar.update(1))
-            written += len(outcome.written)
+                                     batch_size=args.batch_size, on_image=lambda: bar.update(1),
+                                     difference=args.difference)
+            written += len(outcome.written) - outcome.differences
+            differences += outcome.differences
             refused += len(outcome.rejected)
             if outcome.skipped_reason:
                 bar.update(len(series))
@@ -291,7 +295,9 @@ def _enhance(args: argparse.Namespace) -> int:
             for path, reason in outcome.rejected:
                 print(f"{path}: refused: {reason}", file=sys.stderr)
     seconds = time.perf_counter() - started
-    print(f"enhance: {len(result.series)} series, {written} image(s) derived, {refused} refused, "
+    extra = f", {differences} difference image(s)" if args.difference else ""
+    print(f"enhance: {len(result.series)} series, {written} image(s) derived{extra}, "
+          f"{refused} refused, "
           f"{len(result.skipped)} file(s) skipped, {seconds:.2f} s -> {out_dir}")
     if written == 0:
         print("dicomnode enhance: nothing usable was derived (see the reasons above)",

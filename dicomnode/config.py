@@ -127,6 +127,12 @@ class Rule:
     destinations: tuple[str, ...]
     series_description_suffix: str
     match: tuple[MatchCondition, ...] = ()
+    outputs: tuple[str, ...] = ("enhanced",)
+    """Series written per source series: "enhanced", plus "difference" (SPEC section 10)."""
+
+    @property
+    def difference(self) -> bool:
+        return "difference" in self.outputs
 
     def matches(self, attributes: Mapping[str, object]) -> bool:
         """True when every condition holds for the series' attributes (keyword -> value)."""
@@ -393,7 +399,8 @@ def _parse_rules(
         if not isinstance(t, dict):
             c.problems.append(f"{p}: expected a table, got {t!r}")
             continue
-        c.known_keys(t, p, ("name", "match", "model", "destinations", "series_description_suffix"))
+        c.known_keys(t, p, ("name", "match", "model", "destinations", "series_description_suffix",
+                            "outputs"))
         name = c.get(t, "name", p, str, None, _name_problem, required=True)
         if name is not None:
             if name in seen:
@@ -418,9 +425,31 @@ def _parse_rules(
                 )
         suffix = c.get(t, "series_description_suffix", p, str,
                        f" [dicomnode {model}]" if model else "")
-        if None not in (name, model, suffix) and targets:
-            result.append(Rule(name, model, tuple(targets), suffix, conditions))
+        outputs = _parse_outputs(c, t.get("outputs", ["enhanced"]), f"{p}.outputs")
+        if None not in (name, model, suffix, outputs) and targets:
+            result.append(Rule(name, model, tuple(targets), suffix, conditions, outputs))
     return tuple(result)
+
+
+OUTPUTS = ("enhanced", "difference")
+
+
+def _parse_outputs(c: _Checker, raw: Any, p: str) -> tuple[str, ...] | None:
+    """The series a rule writes: "enhanced" always (a difference needs its derived series)."""
+    if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
+        c.problems.append(f"{p}: expected a list of strings such as [\"enhanced\", "
+                          f"\"difference\"], got {_show(raw)}")
+        return None
+    unknown = [v for v in raw if v not in OUTPUTS]
+    if unknown:
+        c.problems.append(f"{p}: unknown output {unknown[0]!r}{_suggest(unknown[0], OUTPUTS)}"
+                          f" (known: {', '.join(OUTPUTS)})")
+        return None
+    if "enhanced" not in raw:
+        c.problems.append(f"{p}: must include \"enhanced\" (the difference is written beside "
+                          f"the enhanced series, never instead of it), got {_show(raw)}")
+        return None
+    return tuple(dict.fromkeys(raw))
 
 
 def _parse_match(c: _Checker, raw: Any, p: str) -> tuple[MatchCondition, ...]:

@@ -306,11 +306,17 @@ def _contributing_equipment(derivation: Derivation) -> Dataset:
 
 
 def _series_number(value: object) -> int:
+    return _offset_series_number(value, SERIES_NUMBER_OFFSET)
+
+
+def _offset_series_number(value: object, offset: int) -> int:
+    """Source number + ``offset``, kept within IS range (the source's number when it would not
+    fit; ``offset`` itself when the source has none)."""
     try:
         number = int(value)  # type: ignore[call-overload]
     except (TypeError, ValueError):
-        return SERIES_NUMBER_OFFSET
-    return number + SERIES_NUMBER_OFFSET if number + SERIES_NUMBER_OFFSET <= MAX_IS else number
+        return offset
+    return number + offset if number + offset <= MAX_IS else number
 
 
 def _series_description(value: object, suffix: str) -> str:
@@ -511,3 +517,79 @@ def _scale_frame_groups(groups: Dataset, frame: Frame, f: int) -> None:
         moved = moved_position(frame.position, frame.orientation, frame.spacing, f)
         groups.PlanePositionSequence = hd.PlanePositionSequence(
             hd.CoordinateSystemNames.PATIENT, [float(v) for v in moved])
+
+
+# -- Difference series (SPEC section 10) --------------------------------------------------------
+
+DIFFERENCE_SERIES_NUMBER_OFFSET = 2000
+DIFFERENCE_SUFFIX = " DIFF"
+# Attributes of the derived object that describe its own values, not the difference's.
+_DIFFERENCE_DROPPED = (
+    "PixelPaddingValue", "PixelPaddingRangeLimit", "VOILUTSequence", "ModalityLUTSequence",
+    "WindowCenterWidthExplanation", "PixelIntensityRelationship",
+    "PixelIntensityRelationshipSign", "PresentationLUTShape", "LargestImagePixelValue",
+    "SmallestImagePixelValue",
+)
+_INT16 = 32767
+
+
+def difference_uid(source_uid: str, derivation: Derivation) -> str:
+    """As ``derived_uid`` with ``difference`` added to the UUIDv5 name: its own series, as
+    deterministic as the enhanced one and never equal to it."""
+    key = "|".join((str(source_uid), derivation.rule_name, derivation.model_name,
+                    derivation.model_version, "difference"))
+    return f"2.25.{uuid.uuid5(UID_NAMESPACE, key).int}"
+
+
+def difference_slope(difference: np.ndarray, source_slope: float) -> float:
+    """The source's rescale step, or a coarser one when the difference would not fit 16 signed
+    bits: the difference is never clipped, at most rounded to half a step."""
+    step = abs(float(source_slope)) or 1.0
+    peak = float(np.max(np.abs(difference))) if difference.size else 0.0
+    if peak / step <= _INT16:
+        return step
+    return float(f"{peak / _INT16 * 1.0001:.6g}")  # DS holds 16 characters
+
+
+def derive_difference(derived: Dataset, source: Dataset, difference: np.ndarray,
+                      derivation: Derivation) -> Dataset:
+    """The difference instance: ``difference`` (derived minus source, modality values on the
+    derived grid) as signed 16-bit values, labelled as its own derived series of ``derived``'s
+    source with the same references, codes, equipment and frame of reference."""
+    shape = (int(derived.Rows), int(derived.Columns))
+    if difference.shape != shape:
+        raise DeriveError(f"difference has shape {difference.shape}, expected {shape} "
+                          "(the derived grid)")
+    if not np.all(np.isfinite(difference)):
+        raise DeriveError("difference holds non-finite values: the model output was not numbers")
+    ds = copy.deepcopy(derived)
+    for keyword in _DIFFERENCE_DROPPED:
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.SOPInstanceUID = difference_uid(source.SOPInstanceUID, derivation)
+    ds.SeriesInstanceUID = difference_uid(source.SeriesInstanceUID, derivation)
+    ds.ImageType = ["DERIVED", "SECONDARY", "DIFFERENCE"]
+    ds.SeriesNumber = _offset_series_number(source.get("SeriesNumber"),
+                                            DIFFERENCE_SERIES_NUMBER_OFFSET)
+    ds.SeriesDescription = _series_description(
+        source.get("SeriesDescription"), derivation.series_description_suffix + DIFFERENCE_SUFFIX)
+    ds.DerivationDescription = (
+        f"Difference: derived minus source image ({derivation.description.split(';')[0]})"
+        f"{'; source resampled by bicubic interpolation' if derivation.scale > 1 else ''}; "
+        "positive where the model raised the value")[:1024]
+    slope = difference_slope(difference, float(source.get("RescaleSlope", 1) or 1))
+    stored = np.clip(np.rint(difference / slope), -_INT16 - 1, _INT16).astype(np.int16)
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.RescaleIntercept = DS(0)
+    ds.RescaleSlope = DS(slope, auto_format=True)
+    if "RescaleType" not in ds and str(ds.get("Modality", "")).upper() != "CT":
+        ds.RescaleType = "US"  # the Modality LUT macro asks for it beside a rescale (CR)
+    spread = float(np.percentile(np.abs(difference), 99)) if difference.size else 0.0
+    ds.WindowCenter = DS(0)
+    ds.WindowWidth = DS(max(2.0 * spread, 2.0 * slope), auto_format=True)
+    ds.WindowCenterWidthExplanation = "DIFFERENCE"
+    fmt = PixelFormat(shape[0], shape[1], 16, 16, True, slope, 0.0, "MONOCHROME2")
+    _set_pixels(ds, stored, fmt)
+    return ds

@@ -15,7 +15,14 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 
-from dicomnode.derive import Derivation, DerivedMultiFrame, derive_image, produced_by_dicomnode
+from dicomnode.classical import bicubic_upscale
+from dicomnode.derive import (
+    Derivation,
+    DerivedMultiFrame,
+    derive_difference,
+    derive_image,
+    produced_by_dicomnode,
+)
 from dicomnode.errors import DeriveError, InputRejected
 from dicomnode.logs import event
 from dicomnode.multiframe import Frame, MultiFrame, is_enhanced, read_multiframe
@@ -46,6 +53,8 @@ class SeriesOutcome:
     written: list[Path] = field(default_factory=list)
     rejected: list[tuple[Path, str]] = field(default_factory=list)
     skipped_reason: str | None = None
+    differences: int = 0
+    """How many of ``written`` are difference instances (rule output "difference")."""
 
     @property
     def ok(self) -> bool:
@@ -101,6 +110,7 @@ def enhance_series(
     sink: Sink,
     batch_size: int = 8,
     on_image: Callable[[], None] | None = None,
+    difference: bool = False,
 ) -> SeriesOutcome:
     """Derive every usable image of ``series``; a bad image is refused, the rest go on.
 
@@ -109,7 +119,8 @@ def enhance_series(
     ``for_series`` first gets a few evenly spaced slices of the series (series statistics such
     as percentiles), then the chunks. An Enhanced MR/CT object goes the same way frame by
     frame, stack by stack, and becomes one derived object of its SOP Class (or is refused
-    whole).
+    whole). With ``difference``, each single-frame derived image is followed by its difference
+    instance (derived minus source, SPEC section 10); Enhanced objects get none (logged).
     """
     outcome = SeriesOutcome(series.series_instance_uid)
     reason = _series_refusal(series, enhancer.card)
@@ -127,6 +138,11 @@ def enhance_series(
                 stored = _stored(item, result, derivation.scale)
                 derived = derive_image(item.ds, stored, item.fmt, derivation)
                 outcome.written.append(sink(derived))  # a sink may refuse with DeriveError
+                if difference:
+                    values = difference_values(item, stored, derivation.scale)
+                    outcome.written.append(sink(derive_difference(derived, item.ds, values,
+                                                                  derivation)))
+                    outcome.differences += 1
             except DeriveError as exc:
                 outcome.rejected.append((item.image.path, str(exc)))
                 event(log, "derive_failed", logging.WARNING,
@@ -134,11 +150,15 @@ def enhance_series(
             _tick(on_image)
     for image in series.images:
         if is_enhanced(image.sop_class_uid):
+            if difference:
+                event(log, "difference_skipped", sop_uid=image.sop_instance_uid,
+                      reason="difference series are written for single-frame images only; "
+                      "this Enhanced multi-frame object gets its enhanced object alone")
             _enhance_object(image, run, enhancer, derivation, sink, outcome, batch_size, context)
             _tick(on_image)
     event(log, "series_enhanced", series_uid=series.series_instance_uid,
           model=enhancer.card.name, written=len(outcome.written),
-          rejected=len(outcome.rejected))
+          differences=outcome.differences, rejected=len(outcome.rejected))
     return outcome
 
 
@@ -203,6 +223,23 @@ def _stored(item: _Slice, result: np.ndarray, scale: int) -> np.ndarray:
     if item.padded_stored is not None:
         stored = keep_padding(item.ds, item.padded_stored, stored, scale)
     return stored
+
+
+def difference_values(item: _Slice, stored: np.ndarray, scale: int) -> np.ndarray:
+    """Derived minus source in modality values on the derived grid: the source resampled as
+    the bicubic baseline does for super-resolution; zero where the source declares padding."""
+    derived = stored.astype(np.float64) * item.fmt.slope + item.fmt.intercept
+    source = -item.values if item.fmt.inverted else item.values
+    if scale > 1:
+        source = bicubic_upscale(source, scale)
+    difference = derived - np.asarray(source, dtype=np.float64)
+    if item.padded_stored is not None:
+        mask = padding_mask(item.ds, item.padded_stored)
+        if mask is not None:
+            if scale > 1:
+                mask = np.repeat(np.repeat(mask, scale, axis=0), scale, axis=1)
+            difference[mask] = 0.0
+    return difference
 
 
 def series_sample(series: Series, count: int = SAMPLE_SLICES) -> list[np.ndarray]:

@@ -71,7 +71,8 @@ def process_job(config: Config, spool: Spool, job: Job, models: ModelCache) -> b
             return path
 
         outcome = enhance_series(series, enhancer, derivation, sink,
-                                 batch_size=config.worker.batch_size)
+                                 batch_size=config.worker.batch_size,
+                                 difference=rule.difference)
     except DicomNodeError as exc:
         spool.fail_job(job, str(exc))
         event(log, "job_failed", logging.ERROR, job=job.id, series_uid=job.series_uid,
@@ -89,7 +90,8 @@ def process_job(config: Config, spool: Spool, job: Job, models: ModelCache) -> b
         return False
     spool.finish_job(job, written)
     event(log, "job_derived", job=job.id, series_uid=job.series_uid, rule=job.rule,
-          model=job.model, instances=len(written), rejected=len(outcome.rejected),
+          model=job.model, instances=len(written), differences=outcome.differences,
+          rejected=len(outcome.rejected),
           seconds=round(time.perf_counter() - started, 3))
     return True
 
