@@ -34,12 +34,18 @@ class Pair:
 
 
 def middle_pair(derived_files: list[Path], source_path_of: dict[str, Path]) -> Pair:
-    """The derived file in the middle of the series (by InstanceNumber) and its source."""
+    """The enhanced file in the middle of the series (by InstanceNumber) and its source.
+
+    Difference objects (ImageType ...\\DIFFERENCE) share their enhanced twin's InstanceNumber;
+    they are left out, so "after" is always the enhanced image.
+    """
     headers = []
     for path in derived_files:
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except (OSError, ValueError):
+            continue
+        if "DIFFERENCE" in [str(v).upper() for v in (ds.get("ImageType") or [])]:
             continue
         headers.append((int(ds.get("InstanceNumber", 0) or 0), str(path), ds))
     if not headers:

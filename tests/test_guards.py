@@ -9,6 +9,7 @@ import pydicom
 import pytest
 
 from dicomnode.degradations import block_mean, kspace_truncate, zero_filled
+from dicomnode.engine import load as load_model
 from dicomnode.enhance import derivation_for
 from dicomnode.errors import ModelError
 from dicomnode.guards import (
@@ -22,7 +23,7 @@ from dicomnode.guards import (
     requirement_problems,
     setting_problems,
 )
-from dicomnode.zoo import load_card, load_model, verify_weights
+from dicomnode.zoo import load_card, verify_weights
 from tests.conftest import MR_DIR
 from tests.model_factory import TINY_DNCNN, TINY_RLFN, write_model
 

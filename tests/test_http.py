@@ -59,3 +59,24 @@ def test_window_from_header_else_percentiles() -> None:
 def test_patient_attributes_count_as_phi() -> None:
     assert is_phi("PatientName") and is_phi("OtherPatientIDsSequence")
     assert is_phi("AccessionNumber") and not is_phi("Modality")
+
+
+def test_the_after_thumbnail_is_never_a_difference_object(tmp_path: Path) -> None:
+    """Difference objects share InstanceNumber with their enhanced twins; the status page's
+    "after" must be the enhanced image."""
+    import pydicom
+
+    from dicomnode.cli import main
+    from dicomnode.thumbnails import middle_pair
+    from tests.conftest import CT_TILT_DIR
+
+    out = tmp_path / "out"
+    assert main(["enhance", str(CT_TILT_DIR), str(out), "--model", "nlm-denoise", "--difference",
+                 "--no-progress"]) == 0
+    derived = sorted(out.rglob("*.dcm"))
+    kinds = {tuple(pydicom.dcmread(p, stop_before_pixels=True).ImageType) for p in derived}
+    assert any("DIFFERENCE" in k for k in kinds)  # both kinds were written
+    sources = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p
+               for p in CT_TILT_DIR.glob("*.dcm")}
+    pair = middle_pair(derived, sources)
+    assert "DIFFERENCE" not in pydicom.dcmread(pair.derived, stop_before_pixels=True).ImageType

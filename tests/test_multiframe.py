@@ -15,12 +15,12 @@ import pytest
 from pydicom.dataset import Dataset
 
 from dicomnode.derive import derived_uid
+from dicomnode.engine import load as load_model
 from dicomnode.enhance import SeriesOutcome, derivation_for, enhance_series
 from dicomnode.errors import InputRejected
 from dicomnode.files import write_dataset
 from dicomnode.multiframe import read_multiframe
 from dicomnode.series import scan
-from dicomnode.zoo import load_model
 from tests.conftest import CT_TILT_DIR, DATA, ENHANCED_MR_DIR, dciodvfy_errors
 from tests.multiframe_factory import enhanced_ct
 

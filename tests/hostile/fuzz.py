@@ -24,6 +24,8 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 
 from dicomnode.derive import Derivation
+from dicomnode.engine import Enhancer
+from dicomnode.engine import load as load_model
 from dicomnode.enhance import derivation_for, enhance_series
 from dicomnode.errors import DicomNodeError, InputRejected
 from dicomnode.files import encode_dataset, part10_header
@@ -31,7 +33,6 @@ from dicomnode.pixels import modality_values, pixel_format
 from dicomnode.scp import Receiver
 from dicomnode.series import scan_files
 from dicomnode.spool import Spool, parse_header
-from dicomnode.zoo import Enhancer, load_model
 from tests.hostile import corpus
 from tests.hostile.corpus import Part10, lenient
 from tests.hostile.harness import SpoolChecker, status_of, store_event
