@@ -215,6 +215,33 @@ def test_every_shipped_learned_model_passes_its_own_evaluation() -> None:
         assert set(card.review.get("waived_regions", [])) == worse, card.name
 
 
+def test_cross_scanner_numbers_are_reported_as_measured() -> None:
+    """Where a shipped card carries ``[cross_scanner_metrics]`` (SPEC section 10: series from
+    scanner models absent from its training data), they come from the same evaluation: every
+    level has the model and its baselines, the recorded gain is their difference, and "beats"
+    says what the numbers say (no card may claim a win its numbers do not show)."""
+    from dicomnode.zoo import list_cards
+
+    cards, _problems = list_cards()
+    crossed = [card for card in cards if card.learned and card.cross_scanner_metrics]
+    assert {"ct-denoise", "mr-denoise"} <= {card.name for card in crossed}
+    for card in crossed:
+        table = card.cross_scanner_metrics
+        assert "cross-scanner" in table["source"] and table["slices"] >= 1, card.name
+        levels = {k: v for k, v in table.items() if isinstance(v, dict) and "model" in v}
+        assert levels, card.name
+        claimed = True
+        for level in levels.values():
+            for baseline, gain in level["gain_psnr_db"].items():
+                assert gain == pytest.approx(
+                    level["model"]["psnr"] - level[baseline]["psnr"], abs=2e-3), card.name
+                wins = (level["model"]["psnr"] > level[baseline]["psnr"]
+                        and level["model"]["ssim"] > level[baseline]["ssim"])
+                assert level["beats"][baseline] == wins, (card.name, baseline)
+                claimed = claimed and wins
+        assert table["beats_all_baselines"] == claimed, card.name
+
+
 def test_a_review_needs_a_reason(tmp_path: Path) -> None:
     folder = write_model(tmp_path, "tiny", "dncnn", TINY_DNCNN)
     card = folder / "model.toml"
