@@ -31,6 +31,7 @@ from dicomnode import (
     IMPLEMENTATION_VERSION_NAME,
     __version__,
     dicomweb,
+    outcomes,
     pixels,
     scp,
     scu,
@@ -177,7 +178,7 @@ def render() -> str:
         "cannot": scp.STATUS_CANNOT_UNDERSTAND,
         "stow_mib": dicomweb.MAX_REQUEST_BYTES // 2**20,
         "transient_http": ", ".join(str(c) for c in sorted(dicomweb.TRANSIENT_HTTP)),
-        "warning_statuses": ", ".join(f"0x{c:04X}" for c in sorted(scu.WARNING_STATUSES)),
+        "warning_statuses": ", ".join(f"0x{c:04X}" for c in sorted(outcomes.WARNING_STATUSES)),
     }
     sections = [
         _HEAD.format(**values),
