@@ -189,20 +189,6 @@ def _multi_frame(ds: pydicom.Dataset
             _padding(ds, first.slope, first.intercept))
 
 
-def _frame_rescale(ds: pydicom.Dataset) -> tuple[float, float]:
-    """Rescale of the first frame (shared group first, else per-frame), identity if none."""
-    groups = [ds.get("SharedFunctionalGroupsSequence"), ds.get("PerFrameFunctionalGroupsSequence")]
-    for sequence in groups:
-        if not sequence:
-            continue
-        transform = sequence[0].get("PixelValueTransformationSequence")
-        if transform:
-            item = transform[0]
-            return float(item.get("RescaleSlope", 1) or 1), float(item.get("RescaleIntercept", 0)
-                                                                  or 0)
-    return float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
-
-
 def inverted(series: SeriesData) -> SeriesData:
     """The series with its grey scale inverted and its photometric interpretation swapped.
 
