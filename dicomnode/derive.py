@@ -272,9 +272,7 @@ def _derivation_code(task: str) -> Dataset:
 
 def _source_image_item(source: Dataset, task: str, frame: int | None = None) -> Dataset:
     purpose = codes.DCM.SourceImageForImageProcessingOperation
-    item = Dataset()
-    item.ReferencedSOPClassUID = source.SOPClassUID
-    item.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    item = _sop_reference(source)
     if frame is not None:
         item.ReferencedFrameNumber = frame
     item.PurposeOfReferenceCodeSequence = Sequence(
@@ -284,13 +282,19 @@ def _source_image_item(source: Dataset, task: str, frame: int | None = None) -> 
     return item
 
 
+def _sop_reference(source: Dataset) -> Dataset:
+    """ReferencedSOPClassUID + ReferencedSOPInstanceUID of ``source``: the core of every
+    reference item (Source Image, Referenced Series, Source Image Evidence)."""
+    item = Dataset()
+    item.ReferencedSOPClassUID = source.SOPClassUID
+    item.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    return item
+
+
 def _referenced_series_item(source: Dataset) -> Dataset:
-    instance = Dataset()
-    instance.ReferencedSOPClassUID = source.SOPClassUID
-    instance.ReferencedSOPInstanceUID = source.SOPInstanceUID
     item = Dataset()
     item.SeriesInstanceUID = source.SeriesInstanceUID
-    item.ReferencedInstanceSequence = Sequence([instance])
+    item.ReferencedInstanceSequence = Sequence([_sop_reference(source)])
     return item
 
 
@@ -471,12 +475,9 @@ def _derivation_image_item(source: Dataset, derivation: Derivation, number: int)
 
 def _evidence_item(source: Dataset) -> Dataset:
     """Source Image Evidence: every instance the Derivation Image Sequences reference."""
-    instance = Dataset()
-    instance.ReferencedSOPClassUID = source.SOPClassUID
-    instance.ReferencedSOPInstanceUID = source.SOPInstanceUID
     series = Dataset()
     series.SeriesInstanceUID = source.SeriesInstanceUID
-    series.ReferencedSOPSequence = Sequence([instance])
+    series.ReferencedSOPSequence = Sequence([_sop_reference(source)])
     item = Dataset()
     item.StudyInstanceUID = source.StudyInstanceUID
     item.ReferencedSeriesSequence = Sequence([series])
