@@ -1,72 +1,140 @@
 #!/usr/bin/env bash
-# C-STORE ingest rate: dicomnode (fsync per instance) against DCMTK storescp, same 500
-# instances, same run, both on loopback with TCP_NODELAY=1 for the DCMTK tools.
-#   bench/ingest.sh [COUNT] [SENDERS]
-# SENDERS (default 1) storescu processes send disjoint shares at once, as a router with
-# several associations does.
+# C-STORE ingest rate, one run, same instances, all on loopback (TCP_NODELAY=1 for DCMTK):
+#   DCMTK storescp (writes files, no fsync)          1 and 4 associations
+#   dicomnode serve (Success only once durable)      1 and 4 associations
+#   Orthanc (SyncStorageArea: fsync-ed storage)      1 association
+#   bench/ingest.sh [COUNT] [SENDERS...]     (default: 500 1 4)
+# N associations = N storescu processes sending disjoint shares at once, as a router with
+# several associations does. Each receiver starts on an empty folder for each measurement.
+# Prints instances/s and the ratios the targets are stated in (docs/BENCHMARKS.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+ROOT=$PWD
 COUNT=${1:-500}
-SENDERS=${2:-1}
-PY=.venv/bin/python
+shift || true
+SENDERS=("${@:-1 4}")
+read -r -a SENDERS <<<"${SENDERS[*]}"
+PY=${PY:-$ROOT/.venv/bin/python}
 WORK=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+PIDS=()
+cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+            wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
 export TCP_NODELAY=1
 
 free_port() { $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 1 300); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
-send() { # port called-aet -> seconds for all senders together
-  local start end pids=()
-  start=$(date +%s.%N)
-  for share in "$WORK"/in/share*; do
+wait_port() { for _ in $(seq 1 600); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+now() { date +%s.%N; }
+
+deal() { # N -> folder with N shares of the instances, round robin
+  local n=$1 dir="$WORK/in$1" i=0
+  [ -d "$dir" ] && { echo "$dir"; return; }
+  for s in $(seq 0 $((n - 1))); do mkdir -p "$dir/share$s"; done
+  for f in "$WORK"/src/*.dcm; do ln "$f" "$dir/share$((i % n))/"; i=$((i + 1)); done
+  echo "$dir"
+}
+
+send() { # port called-aet shares-folder -> seconds for all senders together
+  local start end pids=() share
+  start=$(now)
+  for share in "$3"/share*; do
     /usr/bin/storescu -aet BENCH -aec "$2" +sd +r +sp '*.dcm' 127.0.0.1 "$1" "$share" \
-      >/dev/null &
+      >>"$WORK/storescu.log" 2>&1 &
     pids+=($!)
   done
   for pid in "${pids[@]}"; do wait "$pid"; done
-  end=$(date +%s.%N)
+  end=$(now)
   $PY -c "print($end - $start)"
 }
 
-$PY bench/make_instances.py "$WORK/in" --count "$COUNT" >/dev/null
-BYTES=$(du -sb "$WORK/in" | cut -f1)
-# Deal the files into SENDERS shares, round robin.
-for i in $(seq 0 $((SENDERS - 1))); do mkdir -p "$WORK/in/share$i"; done
-i=0
-for f in "$WORK"/in/*.dcm; do mv "$f" "$WORK/in/share$((i % SENDERS))/"; i=$((i + 1)); done
+run_storescp() { # senders -> seconds
+  local port dir
+  port=$(free_port); dir="$WORK/scp$1"; mkdir -p "$dir"
+  /usr/bin/storescp -aet STORESCP -od "$dir" "$port" >/dev/null 2>&1 &
+  local pid=$!; PIDS+=("$pid")
+  wait_port "$port"
+  send "$port" STORESCP "$(deal "$1")"
+  kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
+  [ "$(find "$dir" -type f | wc -l)" -eq "$COUNT" ] || { echo "storescp kept too few" >&2; exit 1; }
+  rm -rf "$dir"
+}
 
-# DCMTK storescp into a folder (its default: no fsync).
-P1=$(free_port); mkdir -p "$WORK/scp"
-/usr/bin/storescp -aet STORESCP -od "$WORK/scp" "$P1" >/dev/null 2>&1 &
-wait_port "$P1"
-T_SCP=$(send "$P1" STORESCP)
-kill %1; wait %1 2>/dev/null || true
-
-# dicomnode: no rules, so only receiving is measured (write, flush, fsync, rename, index).
-P2=$(free_port); H2=$(free_port)
-cat > "$WORK/node.toml" <<TOML
+run_node() { # senders -> seconds (no rules: only receiving is measured)
+  local port http dir
+  port=$(free_port); http=$(free_port); dir="$WORK/node$1"; mkdir -p "$dir"
+  cat > "$dir/node.toml" <<TOML
 [node]
 ae_title = "DICOMNODE"
 host = "127.0.0.1"
-port = $P2
-storage_dir = "$WORK/var"
+port = $port
+storage_dir = "$dir/var"
 min_free_disk_mb = 100
 series_idle_seconds = 3600
+max_associations = 16
 [http]
-port = $H2
+port = $http
 TOML
-.venv/bin/dicomnode serve --config "$WORK/node.toml" >"$WORK/node.log" 2>&1 &
-wait_port "$P2"
-T_NODE=$(send "$P2" DICOMNODE)
-STORED=$(.venv/bin/dicomnode status --json --config "$WORK/node.toml" | $PY -c 'import json,sys; print(json.load(sys.stdin)["instances"])')
-kill -TERM %1; wait %1 2>/dev/null || true
+  PYTHONPATH=$ROOT $PY -m dicomnode.cli serve --config "$dir/node.toml" >"$dir/node.log" 2>&1 &
+  local pid=$!; PIDS+=("$pid")
+  wait_port "$port"
+  send "$port" DICOMNODE "$(deal "$1")"
+  local stored
+  stored=$($PY -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('SELECT COUNT(*) FROM instances').fetchone()[0])" "$dir/var/index.sqlite")
+  kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
+  [ "$stored" -eq "$COUNT" ] || { echo "dicomnode indexed $stored of $COUNT" >&2; exit 1; }
+  rm -rf "$dir"
+}
 
-$PY - "$COUNT" "$BYTES" "$T_SCP" "$T_NODE" "$STORED" "$SENDERS" <<'PYEOF'
-import sys
-count, size, t_scp, t_node, stored = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
-print(f"instances: {count} ({size / count / 1024:.0f} KiB each), senders: {sys.argv[6]}; "
-      f"node indexed {stored}")
-print(f"storescp : {count / t_scp:7.1f} images/s  ({t_scp:.2f} s, no fsync)")
-print(f"dicomnode: {count / t_node:7.1f} images/s  ({t_node:.2f} s, fsync + SQLite per instance)")
-print(f"ratio dicomnode/storescp: {t_scp / t_node:.2f}")
+run_orthanc() { # senders -> seconds
+  local port http dir
+  port=$(free_port); http=$(free_port); dir="$WORK/orthanc$1"; mkdir -p "$dir"
+  cat > "$dir/orthanc.json" <<JSON
+{"Name": "bench", "StorageDirectory": "$dir/db", "IndexDirectory": "$dir/db",
+ "HttpPort": $http, "DicomPort": $port, "DicomAet": "ORTHANC", "RemoteAccessAllowed": false,
+ "AuthenticationEnabled": false, "DicomCheckCalledAet": false, "Plugins": [],
+ "DicomAlwaysAllowStore": true, "StorageCompression": false, "SyncStorageArea": true,
+ "DicomThreadsCount": 4}
+JSON
+  /usr/sbin/Orthanc --logdir="$dir" "$dir/orthanc.json" >/dev/null 2>&1 &
+  local pid=$!; PIDS+=("$pid")
+  wait_port "$port"
+  send "$port" ORTHANC "$(deal "$1")"
+  local stored
+  stored=$(curl -s "http://127.0.0.1:$http/statistics" | $PY -c 'import json,sys; print(json.load(sys.stdin)["CountInstances"])')
+  kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
+  [ "$stored" -eq "$COUNT" ] || { echo "Orthanc stored $stored of $COUNT" >&2; exit 1; }
+  rm -rf "$dir"
+}
+
+PYTHONPATH=$ROOT $PY bench/make_instances.py "$WORK/src" --count "$COUNT" >/dev/null
+BYTES=$(du -sb "$WORK/src" | cut -f1)
+RESULTS="$WORK/results"
+for n in "${SENDERS[@]}"; do
+  echo "storescp $n $(run_storescp "$n")" >>"$RESULTS"
+  echo "dicomnode $n $(run_node "$n")" >>"$RESULTS"
+done
+echo "orthanc 1 $(run_orthanc 1)" >>"$RESULTS"
+rm -rf "$WORK"/in*
+
+$PY - "$COUNT" "$BYTES" "$RESULTS" "$(git rev-parse --short HEAD 2>/dev/null || echo ?)" <<'PYEOF'
+import os, sys
+count, size, path, rev = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+rate = {}
+for line in open(path):
+    name, senders, seconds = line.split()
+    rate[name, int(senders)] = count / float(seconds)
+print(f"instances: {count} x {size / count / 1024:.0f} KiB, commit {rev}, "
+      f"load average {os.getloadavg()[0]:.2f}, nice {os.nice(0)}")
+print(f"{'receiver':<42} {'assoc':>5} {'inst/s':>8}")
+order = {"storescp": 0, "dicomnode": 1, "orthanc": 2}
+for (name, senders), value in sorted(rate.items(), key=lambda kv: (order[kv[0][0]], kv[0][1])):
+    label = {"storescp": "DCMTK storescp (no fsync)",
+             "dicomnode": "dicomnode serve (durable before Success)",
+             "orthanc": "Orthanc (SyncStorageArea)"}[name]
+    print(f"{label:<42} {senders:>5} {value:>8.1f}")
+for (name, senders), value in sorted(rate.items()):
+    if name == "dicomnode" and ("storescp", senders) in rate:
+        print(f"dicomnode / storescp, {senders} assoc: {value / rate['storescp', senders]:.2f}")
+if ("dicomnode", 1) in rate and ("orthanc", 1) in rate:
+    print(f"dicomnode / Orthanc, 1 assoc: {rate['dicomnode', 1] / rate['orthanc', 1]:.2f}")
 PYEOF

@@ -7,8 +7,8 @@ import io
 import itertools
 import os
 import re
-import struct
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -39,12 +39,14 @@ _counter = itertools.count()
 
 
 def atomic_write_bytes(path: Path, data: bytes, fsync: bool = True,
-                       tmp_dir: Path | None = None) -> None:
+                       tmp_dir: Path | None = None,
+                       before_rename: Callable[[], None] | None = None) -> None:
     """Write ``data`` to ``path`` through a temporary file, flush, fsync, rename.
 
     ``tmp_dir`` (same file system) keeps half-written files out of the target folder, so a
     crash leaves them where recovery looks for them. The folder of ``path`` is fsync-ed too,
-    so the rename itself survives a power loss.
+    so the rename itself survives a power loss. ``before_rename`` runs when the bytes are
+    written; if it raises, the temporary file goes and ``path`` is left as it was.
     """
     path = Path(path)
     folder = path.parent
@@ -61,46 +63,14 @@ def atomic_write_bytes(path: Path, data: bytes, fsync: bool = True,
             handle.flush()
             if fsync:
                 os.fsync(handle.fileno())
+        if before_rename is not None:
+            before_rename()
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     if fsync:
         _fsync_directory(folder)
-
-
-def _element(group: int, element: int, vr: bytes, value: bytes) -> bytes:
-    """One explicit VR little endian element (short or long length form)."""
-    tag = struct.pack("<HH", group, element)
-    if vr in (b"OB", b"OW", b"UN", b"SQ", b"UT"):
-        return tag + vr + b"\x00\x00" + struct.pack("<I", len(value)) + value
-    return tag + vr + struct.pack("<H", len(value)) + value
-
-
-def _text(value: str, pad: bytes, limit: int = 64) -> bytes:
-    raw = value.encode("ascii", "replace")[:limit]
-    return raw + pad if len(raw) % 2 else raw
-
-
-def part10_header(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str,
-                  source_ae_title: str = "") -> bytes:
-    """Preamble, 'DICM' and File Meta Information for a dataset received as it was sent.
-
-    Written by hand rather than through pydicom's FileMetaDataset because the C-STORE hot
-    path builds one per instance and pydicom's validation and copies cost milliseconds each.
-    """
-    elements = b"".join((
-        _element(0x0002, 0x0001, b"OB", b"\x00\x01"),
-        _element(0x0002, 0x0002, b"UI", _text(sop_class_uid, b"\x00")),
-        _element(0x0002, 0x0003, b"UI", _text(sop_instance_uid, b"\x00")),
-        _element(0x0002, 0x0010, b"UI", _text(transfer_syntax, b"\x00")),
-        _element(0x0002, 0x0012, b"UI", _text(IMPLEMENTATION_CLASS_UID, b"\x00")),
-        _element(0x0002, 0x0013, b"SH", _text(IMPLEMENTATION_VERSION_NAME, b" ", 16)),
-        _element(0x0002, 0x0016, b"AE", _text(source_ae_title, b" ", 16))
-        if source_ae_title else b"",
-    ))
-    length = _element(0x0002, 0x0000, b"UL", struct.pack("<I", len(elements)))
-    return b"\x00" * 128 + b"DICM" + length + elements
 
 
 def encode_dataset(ds: Dataset) -> bytes:

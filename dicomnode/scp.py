@@ -1,19 +1,22 @@
 """Receiving (SPEC section 4): the Storage and Verification SCP.
 
-The C-STORE handler only saves: it writes the bytes as received to the spool (flushed and
-fsync-ed), indexes them, and only then answers Success. It never decodes pixels and never
-touches a model. Domain problems become DICOM statuses here and nowhere else.
+The C-STORE handler only saves: it appends the bytes as received to the write-ahead log
+(``wal``), writes them to the spool and indexes them, and answers Success only once the log's
+fdatasync covering them has returned. It never decodes pixels and never touches a model.
+Domain problems become DICOM statuses here and nowhere else.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import socket
 import sqlite3
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,9 +28,10 @@ from pynetdicom.transport import ThreadedAssociationServer
 from dicomnode import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, pynetdicom_patches
 from dicomnode.config import NodeConfig
 from dicomnode.errors import InputRejected
-from dicomnode.files import part10_header
 from dicomnode.logs import event as log_event
-from dicomnode.spool import Spool, parse_header
+from dicomnode.spool import Spool
+from dicomnode.structure import InstanceHeader, parse_header, received_part10
+from dicomnode.wal import WriteAheadLog, replay, retire_replayed, syncfs
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +51,27 @@ def set_nodelay(assoc_event: evt.Event) -> None:
 
 
 class Receiver:
-    """C-STORE/C-ECHO handlers bound to one spool folder; one Spool per association thread."""
+    """C-STORE/C-ECHO handlers bound to one spool folder; one Spool per association thread.
+
+    Construction replays what a crash left in the write-ahead log and starts its checkpoint;
+    ``close`` stops it (a clean stop leaves no segment behind).
+    """
 
     def __init__(self, storage_dir: Path, min_free_disk_mb: int,
-                 on_stored: Callable[[], None] | None = None) -> None:
+                 on_stored: Callable[[], None] | None = None,
+                 datasync: Callable[[int], None] = os.fdatasync) -> None:
         self.storage_dir = Path(storage_dir)
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         self.min_free_bytes = min_free_disk_mb * 1024 * 1024
         self.on_stored = on_stored
         self._local = threading.local()
+        wal_dir = self.storage_dir / "spool" / "wal"
+        self.recovered = recover(self.storage_dir, wal_dir)
+        self.wal = WriteAheadLog(wal_dir, lambda: syncfs(self.storage_dir), datasync=datasync)
+        self.wal.start()
+
+    def close(self) -> None:
+        self.wal.close()
 
     def _spool(self) -> Spool:
         spool = getattr(self._local, "spool", None)
@@ -75,17 +91,15 @@ class Receiver:
                       calling_aet=calling, status="0xA700", reason="disk below min_free_disk_mb",
                       free_mb=free // 2**20)
             return _status(STATUS_OUT_OF_RESOURCES, "Out of resources: spool disk is full")
-        data = part10_header(
-            str(event.request.AffectedSOPClassUID or ""), requested_uid,
-            str(event.context.transfer_syntax), calling,
-        ) + event.encoded_dataset(include_meta=False)
+        requested_class = str(event.request.AffectedSOPClassUID or "")
         try:
-            header = parse_header(data)
+            data, header = received_part10(
+                requested_class, requested_uid, str(event.context.transfer_syntax), calling,
+                event.encoded_dataset(include_meta=False))
         except InputRejected as exc:
             log_event(log, "store_refused", logging.WARNING, sop_uid=requested_uid,
                       calling_aet=calling, status="0xC210", reason=str(exc))
             return _status(STATUS_CANNOT_UNDERSTAND, str(exc))
-        requested_class = str(event.request.AffectedSOPClassUID or "")
         reason = None
         if requested_uid and header.sop_uid != requested_uid:
             reason = "SOPInstanceUID differs from the C-STORE request's Affected SOP Instance UID"
@@ -96,7 +110,7 @@ class Receiver:
                       calling_aet=calling, status="0xA900", reason=reason)
             return _status(STATUS_DATASET_MISMATCH, reason)
         try:
-            replaced = self._spool().store_instance(data, header, calling)
+            replaced = self._store(data, header, calling)
         except (OSError, sqlite3.Error) as exc:  # disk full, I/O error, index unwritable
             log_event(log, "store_failed", logging.ERROR, sop_uid=header.sop_uid,
                       calling_aet=calling, status="0xA700", reason=str(exc))
@@ -106,6 +120,81 @@ class Receiver:
         if self.on_stored is not None:
             self.on_stored()
         return STATUS_SUCCESS
+
+    def _store(self, data: bytes, header: InstanceHeader, calling: str) -> bool:
+        """Log record, spool file, index row; returns once the log record is durable.
+
+        The record is appended between the spool file's write and its rename, so a failed
+        append leaves the spool as it was; the spool file and row get their fsync later,
+        from the checkpoint, before the log lets go of the record.
+        """
+        now = time.time()
+        tickets = []
+
+        def append() -> None:
+            tickets.append(self.wal.append(data, calling, now))
+
+        try:
+            replaced = self._spool().store_instance(data, header, calling, now=now,
+                                                    durable=False, before_rename=append)
+        finally:
+            for ticket in tickets:
+                self.wal.settle(ticket)
+        self.wal.wait_durable(tickets[0])
+        return replaced
+
+
+def recover(storage_dir: Path, wal_dir: Path) -> dict[str, int]:
+    """Replay the write-ahead log a crash left: each record's instance ends up in the spool
+    and index once, as received (the last record wins for a SOP Instance UID sent twice).
+
+    A record already in the spool with the same bytes is left alone, so replaying twice (a
+    crash during recovery) changes nothing. Segments go only once the result is durable.
+    """
+    if not wal_dir.is_dir():
+        return {"wal_records": 0, "wal_restored": 0}
+    latest: dict[str, tuple[bytes, InstanceHeader, str, float]] = {}
+    records = 0
+    for record in replay(wal_dir):
+        records += 1
+        try:
+            header = parse_header(record.data)
+        except InputRejected as exc:  # it passed at receipt; a damaged log is worth a line
+            log_event(log, "wal_record_unreadable", logging.ERROR, segment=record.segment,
+                      offset=record.offset, reason=str(exc))
+            continue
+        latest.pop(header.sop_uid, None)  # keep arrival order of the last copies
+        latest[header.sop_uid] = (record.data, header, record.calling_aet, record.received_at)
+    restored = 0
+    if latest:
+        spool = Spool(storage_dir)
+        try:
+            for data, header, calling, received_at in latest.values():
+                if not _in_spool(spool, data, header):
+                    spool.store_instance(data, header, calling, now=received_at, durable=False)
+                    restored += 1
+        finally:
+            spool.close()
+    if records:
+        syncfs(storage_dir)
+    retire_replayed(wal_dir)
+    if records:
+        log_event(log, "wal_replayed", records=records, instances=len(latest),
+                  restored=restored)
+    return {"wal_records": records, "wal_restored": restored}
+
+
+def _in_spool(spool: Spool, data: bytes, header: InstanceHeader) -> bool:
+    """The instance is indexed at its path and the file there holds exactly ``data``."""
+    path = spool.instance_path(header.series_uid, header.sop_uid)
+    row = spool.db.execute("SELECT path, size, series_uid FROM instances WHERE sop_uid = ?",
+                           (header.sop_uid,)).fetchone()
+    if row is None or Path(row["path"]) != path or row["size"] != len(data):
+        return False
+    try:
+        return path.read_bytes() == data
+    except OSError:
+        return False
 
 
 def _status(code: int, comment: str) -> Dataset:

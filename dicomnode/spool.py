@@ -10,23 +10,19 @@ Each thread opens its own ``Spool`` (SQLite connections are not shared between t
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import pydicom.filereader
-from pydicom.tag import BaseTag
-
 from dicomnode.errors import InputRejected
 from dicomnode.files import atomic_write_bytes, safe_name
-from dicomnode.structure import TRANSFER_SYNTAX_TAG, check_part10, walk_part10
+from dicomnode.structure import InstanceHeader, parse_header
 
 SERIES_STATES = (
     "receiving", "stable", "queued", "processing", "derived", "sending", "done", "failed",
@@ -34,6 +30,8 @@ SERIES_STATES = (
 )
 JOB_STATES = ("queued", "processing", "sending", "done", "failed")
 DELIVERY_STATES = ("pending", "sent", "failed")
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
@@ -95,102 +93,6 @@ CREATE TABLE IF NOT EXISTS deliveries (
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(destination, state, next_attempt_at);
 """
-
-
-@dataclass(frozen=True)
-class InstanceHeader:
-    """What the index needs of a received instance (parsed without its pixels)."""
-
-    sop_uid: str
-    sop_class_uid: str
-    series_uid: str
-    study_uid: str
-    modality: str
-    transfer_syntax: str
-
-
-_HEADER_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
-_LAST_HEADER_TAG = BaseTag(0x0020000E)  # SeriesInstanceUID: the last tag the index needs
-_HEADER_TAGS: list[BaseTag | int] = [
-    BaseTag(0x00080005), BaseTag(0x00080016), BaseTag(0x00080018), BaseTag(0x00080060),
-    BaseTag(0x0020000D), _LAST_HEADER_TAG,
-]
-
-log = logging.getLogger(__name__)
-
-
-def parse_header(data: bytes) -> InstanceHeader:
-    """The UIDs the index needs, parsed up to SeriesInstanceUID only (never the pixels).
-
-    The rest of the dataset is walked element header by element header (``structure``), so a
-    truncated or lying dataset is refused although its values are never decoded.
-    Raises InputRejected naming what is missing or unreadable.
-    """
-    header = _header_from_walk(data)
-    return header if header is not None else _header_from_pydicom(data)
-
-
-def _header_from_pydicom(data: bytes) -> InstanceHeader:
-    """pydicom's reader: for what the walk cannot read (no file meta, deflated)."""
-    try:
-        ds = pydicom.filereader.read_partial(
-            io.BytesIO(data), stop_when=lambda tag, vr, length: tag > _LAST_HEADER_TAG,
-            defer_size=1024, specific_tags=_HEADER_TAGS)
-    except Exception as exc:  # pydicom raises many types for damaged streams
-        raise InputRejected(f"dataset cannot be parsed: {type(exc).__name__}: {exc}") from exc
-    values = {}
-    for keyword in _HEADER_KEYWORDS:
-        try:
-            value = str(ds.get(keyword, "") or "").strip()
-        except Exception as exc:  # a value that cannot be decoded
-            raise InputRejected(f"{keyword} cannot be read: {exc}") from exc
-        if not value:
-            raise InputRejected(f"{keyword} is missing or empty")
-        if len(value) > 64:
-            raise InputRejected(f"{keyword} is {len(value)} characters long (at most 64)")
-        values[keyword] = value
-    meta = getattr(ds, "file_meta", None)
-    syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
-    check_part10(data, syntax)
-    return InstanceHeader(
-        sop_uid=values["SOPInstanceUID"], sop_class_uid=values["SOPClassUID"],
-        series_uid=values["SeriesInstanceUID"], study_uid=values["StudyInstanceUID"],
-        modality=str(ds.get("Modality", "") or "")[:16], transfer_syntax=syntax,
-    )
-
-
-_WALKED_TAGS = {0x00080016: "SOPClassUID", 0x00080018: "SOPInstanceUID",
-                0x0020000E: "SeriesInstanceUID", 0x0020000D: "StudyInstanceUID"}
-_MODALITY_TAG = 0x00080060
-
-
-def _header_from_walk(data: bytes) -> InstanceHeader | None:
-    """The same header from the structure walk alone (~4x cheaper than pydicom's reader).
-
-    UIDs and Modality are plain ASCII by definition (UI, CS), so their raw bytes are the
-    value; anything that needs a real parser (no file meta, deflated) returns None.
-    """
-    found = walk_part10(data, frozenset(_WALKED_TAGS) | {_MODALITY_TAG})
-    if found is None:
-        return None
-    values = {}
-    for tag, keyword in _WALKED_TAGS.items():
-        value = found.get(tag, b"").decode("latin-1").strip("\0 \t\r\n")
-        if "\\" in value or not (value.isascii() and value.isprintable()):
-            return None  # several values, binary or non-ASCII bytes: read them as pydicom
-            # (and the worker, and the C-STORE request's decoder) will, so all agree
-        if not value:
-            raise InputRejected(f"{keyword} is missing or empty")
-        if len(value) > 64:
-            raise InputRejected(f"{keyword} is {len(value)} characters long (at most 64)")
-        values[keyword] = value
-    syntax = found.get(TRANSFER_SYNTAX_TAG, b"").decode("latin-1").strip("\0 ")
-    modality = found.get(_MODALITY_TAG, b"").decode("latin-1").strip("\0 ")
-    return InstanceHeader(
-        sop_uid=values["SOPInstanceUID"], sop_class_uid=values["SOPClassUID"],
-        series_uid=values["SeriesInstanceUID"], study_uid=values["StudyInstanceUID"],
-        modality=modality[:16], transfer_syntax=syntax,
-    )
 
 
 @dataclass(frozen=True)
@@ -258,15 +160,20 @@ class Spool:
         return self.series_dir / safe_name(series_uid) / f"{safe_name(sop_uid)}.dcm"
 
     def store_instance(self, data: bytes, header: InstanceHeader, calling_aet: str,
-                       now: float | None = None) -> bool:
-        """Write the instance durably, then index it; True when it replaced an earlier copy.
+                       now: float | None = None, durable: bool = True,
+                       before_rename: Callable[[], None] | None = None) -> bool:
+        """Write the instance, then index it; True when it replaced an earlier copy.
 
+        ``durable``: fsync the file and its folder before indexing (the receiver passes
+        False: its write-ahead log holds the bytes durably, the checkpoint syncs the spool).
+        ``before_rename`` runs once the bytes are written, before they replace anything.
         A new SOP Instance UID in a series re-opens the series (a new revision gets routed
         once stable); the same UID again only replaces the file and does not re-open it.
         """
         now = time.time() if now is None else now
         path = self.instance_path(header.series_uid, header.sop_uid)
-        atomic_write_bytes(path, data, fsync=True, tmp_dir=self.tmp_dir)
+        atomic_write_bytes(path, data, fsync=durable, tmp_dir=self.tmp_dir,
+                           before_rename=before_rename)
         return self._index(header, path, len(data), calling_aet, now)
 
     def _index(self, header: InstanceHeader, path: Path, size: int, calling_aet: str,

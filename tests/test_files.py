@@ -36,31 +36,6 @@ def test_atomic_write_leaves_no_partial_file(tmp_path: Path):
     assert [p.name for p in tmp_path.iterdir()] == ["a"]
 
 
-def test_part10_header_reads_back_with_pydicom():
-    import io
-
-    import pydicom
-
-    from dicomnode import IMPLEMENTATION_CLASS_UID
-    from dicomnode.files import part10_header
-    from tests.conftest import MR_DIR
-
-    source = sorted(MR_DIR.glob("*.dcm"))[0]
-    reference = pydicom.dcmread(source)
-    raw = source.read_bytes()
-    dataset_bytes = raw[132 + 12 + reference.file_meta.FileMetaInformationGroupLength:]
-    header = part10_header(reference.SOPClassUID, reference.SOPInstanceUID,
-                           "1.2.840.10008.1.2.1", "MODALITY")
-    ds = pydicom.dcmread(io.BytesIO(header + dataset_bytes))
-    meta = ds.file_meta
-    assert meta.MediaStorageSOPInstanceUID == reference.SOPInstanceUID
-    assert meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
-    assert meta.ImplementationClassUID == IMPLEMENTATION_CLASS_UID
-    assert meta.SourceApplicationEntityTitle == "MODALITY"
-    assert meta.FileMetaInformationGroupLength == len(header) - 128 - 4 - 12
-    assert (ds.pixel_array == reference.pixel_array).all()
-
-
 def test_a_dataset_the_encoder_refuses_is_a_derive_error():
     """A value copied from a malformed source must refuse that object, not crash the run."""
     ds = Dataset()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,10 @@ from tests.hostile.harness import SpoolChecker, status_of, store_event
 
 
 @pytest.fixture
-def receiver(tmp_path: Path) -> Receiver:
-    return Receiver(tmp_path, min_free_disk_mb=0)
+def receiver(tmp_path: Path) -> Iterator[Receiver]:
+    result = Receiver(tmp_path, min_free_disk_mb=0)
+    yield result
+    result.close()
 
 
 def test_a_good_instance_is_stored_byte_for_byte(receiver: Receiver, tmp_path: Path):

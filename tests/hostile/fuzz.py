@@ -28,11 +28,12 @@ from dicomnode.engine import Enhancer
 from dicomnode.engine import load as load_model
 from dicomnode.enhance import derivation_for, enhance_series
 from dicomnode.errors import DicomNodeError, InputRejected
-from dicomnode.files import encode_dataset, part10_header
+from dicomnode.files import encode_dataset
 from dicomnode.pixels import modality_values, pixel_format
 from dicomnode.scp import Receiver
 from dicomnode.series import scan_files
-from dicomnode.spool import Spool, parse_header
+from dicomnode.spool import Spool
+from dicomnode.structure import parse_header, part10_header
 from tests.hostile import corpus
 from tests.hostile.corpus import Part10, lenient
 from tests.hostile.harness import SpoolChecker, status_of, store_event

@@ -19,7 +19,7 @@ from pathlib import Path
 import pydicom
 
 from dicomnode.errors import InputRejected
-from dicomnode.spool import parse_header
+from dicomnode.structure import parse_header
 from tests.hostile import dul
 from tests.hostile.corpus import (
     EXPLICIT_LE,

@@ -2,20 +2,23 @@
 
 A page cache hides a missing fsync from every test that reads the file back, so the first test
 watches the calls themselves: a real storescu sends to the node's SCP in this process while
-``os.fsync``, ``os.replace`` and ``os.rename`` are recorded, and so is every C-STORE response
-as it is handed to the network layer. For each instance, in this order: the complete file
-fsync-ed under its temporary name, renamed into place, its folder fsync-ed, the index row
-committed, and only then the Success response.
+the write-ahead log's appends (``os.pwritev``) and syncs (the injected ``fdatasync``) are
+recorded, and so is every C-STORE response as it is handed to the network layer. For each
+instance, in this order: its complete record appended to a log segment, an fdatasync of that
+segment that started after the append and returned, and only then the Success response (the
+spool file and index row already there).
 
-The second kills ``dicomnode serve`` with SIGKILL right after the last Success and finds every
-instance after the restart: what Success promised does not depend on the process living on.
+The others kill ``dicomnode serve`` with SIGKILL right after the last Success, and in the
+middle of a storescu transfer, and find every acknowledged instance after the restart, once,
+byte for byte: what Success promised does not depend on the process living on.
 """
 
 from __future__ import annotations
 
 import io
 import os
-import stat
+import struct
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,8 +33,18 @@ from pynetdicom.sop_class import MRImageStorage
 
 from dicomnode.config import NodeConfig
 from dicomnode.scp import Receiver, start_scp
+from dicomnode.structure import parse_header
+from dicomnode.wal import replay
 from tests.conftest import MR_DIR
-from tests.peers import NodeProcess, free_port, read_index, storescu, wait_for
+from tests.peers import (
+    STORESCU,
+    NodeProcess,
+    dcmtk_env,
+    free_port,
+    read_index,
+    storescu,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.network]
 
@@ -50,20 +63,20 @@ class Recorder:
         with self._lock:
             self.events.append(event)
 
-    def fsync(self, real: Callable[[int], None]) -> Callable[[int], None]:
-        def fsync(fd: int) -> None:
-            info = os.fstat(fd)
+    def pwritev(self, real: Callable[..., int]) -> Callable[..., int]:
+        def pwritev(fd: int, buffers: list[bytes], offset: int) -> int:
+            written = real(fd, buffers, offset)
             path = os.readlink(f"/proc/self/fd/{fd}")
-            real(fd)  # durable once it returns: record after
-            kind = "fsync_dir" if stat.S_ISDIR(info.st_mode) else "fsync_file"
-            self.add(kind, path, info.st_size)
-        return fsync
+            if path.endswith(".seg") and len(buffers) == 2:
+                self.add("append", path, parse_header(bytes(buffers[1])).sop_uid)
+            return written
+        return pwritev
 
-    def rename(self, real: Callable[..., None]) -> Callable[..., None]:
-        def rename(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
-            real(src, dst, *args, **kwargs)
-            self.add("rename", os.path.realpath(src), os.path.realpath(dst))
-        return rename
+    def datasync(self, fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        self.add("sync_start", path)
+        os.fdatasync(fd)
+        self.add("sync_done", path)  # durable once it returns: record after
 
     def send_pdu(self, real: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
         def send_pdu(provider: Any, primitive: Any) -> None:
@@ -92,9 +105,7 @@ def _store_responses(primitive: Any) -> Iterator[tuple[str, int]]:
 def recorder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Recorder:
     storage = tmp_path / "var"
     record = Recorder(storage)
-    monkeypatch.setattr(os, "fsync", record.fsync(os.fsync))
-    monkeypatch.setattr(os, "replace", record.rename(os.replace))
-    monkeypatch.setattr(os, "rename", record.rename(os.rename))
+    monkeypatch.setattr(os, "pwritev", record.pwritev(os.pwritev))
     monkeypatch.setattr(dul.DULServiceProvider, "send_pdu",
                         record.send_pdu(dul.DULServiceProvider.send_pdu))
     return record
@@ -109,11 +120,13 @@ def test_success_is_sent_only_after_the_instance_is_durable(recorder: Recorder,
         (folder / path.name).write_bytes(path.read_bytes())
     node = NodeConfig(host="127.0.0.1", port=free_port(), storage_dir=recorder.storage,
                       min_free_disk_mb=0)
-    server = start_scp(node, Receiver(recorder.storage, 0))
+    receiver = Receiver(recorder.storage, 0, datasync=recorder.datasync)
+    server = start_scp(node, receiver)
     try:
         storescu(folder, node.port)
     finally:
         server.shutdown()
+        receiver.close()
     events = recorder.events
     responses = [(i, e) for i, e in enumerate(events) if e[0] == "response"]
     expected = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in sent}
@@ -121,19 +134,15 @@ def test_success_is_sent_only_after_the_instance_is_durable(recorder: Recorder,
     for at, (_, sop_uid, status, indexed) in responses:
         assert status == 0x0000, (sop_uid, hex(status))
         assert indexed is not None, f"{sop_uid}: Success sent before the index row was committed"
-        final = Path(os.path.realpath(indexed))  # as /proc/self/fd names files
-        before = events[:at]
-        renames = [i for i, e in enumerate(before) if e[0] == "rename" and Path(e[2]) == final]
-        assert renames, f"{sop_uid}: Success sent before the file was renamed into place"
-        renamed = renames[-1]
-        temporary, size = events[renamed][1], final.stat().st_size
-        assert any(e[:3] == ("fsync_file", temporary, size) for e in events[:renamed]), (
-            f"{sop_uid}: {temporary} was not fsync-ed with all {size} bytes before the rename "
-            f"(events: {events[:renamed][-4:]})")
-        assert any(e[0] == "fsync_dir" and Path(e[1]) == final.parent
-                   for e in events[renamed:at]), (
-            f"{sop_uid}: Success sent before {final.parent} was fsync-ed after the rename")
-        assert final.read_bytes().endswith(_dataset_bytes(sop_uid, sent))
+        appends = [i for i, e in enumerate(events[:at]) if e[0] == "append" and e[2] == sop_uid]
+        assert appends, f"{sop_uid}: Success sent before its record was appended to the log"
+        appended, segment = appends[-1], events[appends[-1]][1]
+        started = [i for i, e in enumerate(events[appended:at], appended)
+                   if e == ("sync_start", segment)]
+        assert any(("sync_done", segment) in events[i:at] for i in started), (
+            f"{sop_uid}: Success sent before an fdatasync of {segment} that began after the "
+            f"append had returned (events: {events[appended:at]})")
+        assert Path(indexed).read_bytes().endswith(_dataset_bytes(sop_uid, sent))
 
 
 def _dataset_bytes(sop_uid: str, sent: list[Path]) -> bytes:
@@ -175,4 +184,57 @@ def test_kill9_right_after_the_last_success_loses_nothing(node_factory, tmp_path
         assert stored.PixelData == ds.PixelData
     wait_for(lambda: node.job_states() == ["done"], 120, "the series derived after restart")
     assert len(list(outbox.rglob("*.dcm"))) == len(files)
+    assert node.stop() == 0
+
+
+def _dataset_part(data: bytes) -> bytes:
+    """The bytes after a Part 10 file's meta (what storescu sends and the spool keeps)."""
+    (meta_length,) = struct.unpack_from("<I", data, 132 + 8)
+    return data[132 + 12 + meta_length:]
+
+
+@pytest.mark.slow
+def test_kill9_during_a_storescu_transfer_keeps_every_acknowledged_instance(
+        node_factory, tmp_path: Path) -> None:
+    """storescu sends 35 slices; the node dies (SIGKILL) after the 12th Success, with the
+    13th on the wire. After the restart every instance storescu saw Success for is in the
+    index and the spool exactly once, its data set byte for byte as sent; the one in flight
+    is either absent or complete; no log segment is left to replay."""
+    node: NodeProcess = node_factory("", "", idle_seconds=3600)
+    node.start()
+    sending = subprocess.Popen(
+        [STORESCU, "-v", "-aet", "MODALITY", "-aec", "DICOMNODE", "+sd", "+r", "+sp", "*.dcm",
+         "127.0.0.1", str(node.port), str(MR_DIR)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dcmtk_env())
+    acknowledged: list[Path] = []
+    in_flight: Path | None = None
+    assert sending.stdout is not None
+    for line in sending.stdout:
+        if "Sending file:" in line:
+            in_flight = Path(line.split("Sending file:", 1)[1].strip())
+        elif "Received Store Response (Success)" in line:
+            assert in_flight is not None
+            acknowledged.append(in_flight)
+            if len(acknowledged) == 12:
+                node.kill9()
+                break
+    sending.wait(60)
+    assert len(acknowledged) == 12
+    node.start()
+    rows = node.query("SELECT sop_uid, path, size FROM instances")
+    indexed = {uid: Path(path) for uid, path, _ in rows}
+    assert len(indexed) == len(rows)
+    series_files = sorted((node.workdir / "var" / "spool" / "series").rglob("*"))
+    assert len([p for p in series_files if p.is_file()]) == len(rows)  # nothing twice
+    for source in acknowledged:
+        uid = str(pydicom.dcmread(source, stop_before_pixels=True).SOPInstanceUID)
+        assert uid in indexed, f"{source.name}: acknowledged, missing after the restart"
+        assert _dataset_part(indexed[uid].read_bytes()) == _dataset_part(source.read_bytes())
+    for _uid, path, size in rows:
+        assert Path(path).stat().st_size == size
+    assert set(indexed) - {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)
+                           for p in acknowledged} <= {
+        str(pydicom.dcmread(in_flight, stop_before_pixels=True).SOPInstanceUID)}
+    assert "wal_replayed" in node.log_text()
+    assert not list(replay(node.workdir / "var" / "spool" / "wal"))  # replayed, retired
     assert node.stop() == 0
