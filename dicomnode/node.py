@@ -85,6 +85,7 @@ class Node:
         self.stopping.set()
         if self.scp is not None:
             self.scp.shutdown()  # no new associations; open ones end with the server
+        self.receiver.close()  # the write-ahead log's last checkpoint: no segment left
         for wake in (self.work_wake, *self.send_wakes.values()):
             wake.set()
         deadline = time.monotonic() + SHUTDOWN_GRACE
