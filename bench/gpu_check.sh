@@ -99,8 +99,8 @@ step "network alone (no host copies, no tile blending): the ceiling"
 timeout 60 "$PYTHON" - <<'EOF' 2>&1 | tee "$OUT/network.txt" || status=1
 import time
 import torch
-from dicomnode.learned import build_model
-from dicomnode.zoo import load_card
+from dicomnode.engine.learned import build_model
+from dicomnode.engine.cards import load_card
 
 print("| model | precision | batch | slices/s (network alone, 512x512 output) |")
 print("| --- | --- | ---: | ---: |")

@@ -1,7 +1,7 @@
 """Inference speed on this machine: shipped models and network families, fp32 and bf16, torch
 eager, ``torch.compile`` and ONNX Runtime, in one run; written to docs/BENCHMARKS.md.
 
-Every configuration runs through ``dicomnode.inference.infer``, the node's own path (mirrored
+Every configuration runs through ``dicomnode.engine.inference.infer``, the node's own path (mirrored
 rim, padding, tiles, host copies, channels_last, autocast for bf16/fp16), on one slice per call
 (``--batch-sizes`` on a GPU): a compiled module or an ONNX Runtime session takes the network's
 place in it. Rows: milliseconds per slice (median of repeated runs after warm-up), GMAC per
@@ -45,8 +45,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from dicomnode.devices import cpu_has_amx, supported_precisions
-from dicomnode.inference import infer
+from dicomnode.engine.devices import cpu_has_amx, supported_precisions
+from dicomnode.engine.inference import infer
 from dicomnode.nets import build_network, image_border, list_architectures
 from dicomnode.nets.flops import count_macs
 
@@ -171,7 +171,7 @@ def machine_lines(threads: int, device: torch.device) -> list[str]:
 
 def shipped_subjects(names: list[str] | None) -> list[Subject]:
     """Every shipped learned model (or those named), one subject per distinct network."""
-    from dicomnode.zoo import list_cards
+    from dicomnode.engine.cards import list_cards
 
     cards, _ = list_cards()
     groups: dict[tuple[str, str], list] = {}
@@ -490,8 +490,8 @@ def write_report(args: argparse.Namespace, rows: list[Row], peaks: dict[tuple[st
         "",
         "### Method",
         "",
-        "- Every row runs `dicomnode.inference.infer`, the node's path (mirrored rim, padding, "
-        "one tile up to 512 pixels plus the rim, host copies, channels_last, autocast for "
+        "- Every row runs `dicomnode.engine.inference.infer`, the node's path (mirrored rim, "
+        "padding, one tile up to 512 pixels plus the rim, host copies, channels_last, autocast for "
         "bf16/fp16); `compile` is `torch.compile(network)` (inductor, compile time in the "
         "note, not in the time), `onnx` an ONNX Runtime CPU session of the network exported "
         "with `torch.onnx.export` (opset 17), fp32 only.",

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import dicomnode.guards as guards
-from dicomnode.degradations import kspace_truncate, zero_filled
+import dicomnode.engine.guards as guards
+from dicomnode.engine.degradations import kspace_truncate, zero_filled
 from training.data import load_series
 from training.evaluate import load_model
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dicomnode.zoo import default_zoo_dir
+from dicomnode.engine.cards import default_zoo_dir
 from tests import model_quality as mq
 
 

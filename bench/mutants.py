@@ -73,8 +73,8 @@ MUTANTS = (
            "column_spacing, row_spacing = spacing"),
     Mutant("intensity-range-of-output",
            "the intensity guard's 0.5 % bound taken of the output's range, not the input's",
-           ("tests/test_guards.py",),
-           "dicomnode/guards.py", "value_range = max(float(np.ptp(source))",
+           ("tests/engine/test_guards.py",),
+           "dicomnode/engine/guards.py", "value_range = max(float(np.ptp(source))",
            "value_range = max(float(np.ptp(output))"),
 )
 

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dicomnode import __version__
-from dicomnode.config import DEVICE_PATTERN, Config, load_config
+from dicomnode.config import Config, load_config
+from dicomnode.engine.choices import DEVICE_PATTERN
 from dicomnode.errors import ConfigError, DeriveError, DicomNodeError, ModelError
 
 log = logging.getLogger("dicomnode.cli")
@@ -105,7 +106,7 @@ def _device(value: str) -> str:
 def _load(args: argparse.Namespace) -> Config:
     """The checked config, TLS files included (missing or world-readable keys refused)."""
     from dicomnode.config import check_files
-    from dicomnode.zoo import model_names
+    from dicomnode.engine.cards import model_names
 
     config = load_config(args.config, model_names())
     problems = check_files(config)
@@ -175,7 +176,7 @@ def _retry(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from dicomnode.zoo import load_card, verify_weights
+    from dicomnode.engine.cards import load_card, verify_weights
 
     try:
         config = _load(args)
@@ -321,7 +322,7 @@ def _init(args: argparse.Namespace) -> int:
 def _models(args: argparse.Namespace) -> int:
     if args.architectures:
         return _architectures(args)
-    from dicomnode.zoo import list_cards
+    from dicomnode.engine.cards import list_cards
 
     cards, problems = list_cards()
     if args.json:

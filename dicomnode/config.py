@@ -17,10 +17,9 @@ from typing import Any
 
 from pydicom.datadict import tag_for_keyword
 
+from dicomnode.engine.choices import DEVICE_PATTERN, PRECISION_CHOICES
 from dicomnode.errors import ConfigError
 
-DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)\Z")  # \Z: no trailing newline
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 DESTINATION_TYPES = ("dicom", "folder", "dicomweb")
 REGEX_PREFIX = "re:"
 
@@ -314,7 +313,8 @@ def _parse_worker(c: _Checker, t: Mapping[str, Any]) -> WorkerConfig:
         return "expected auto, cpu, cuda, cuda:N or mps"
 
     def precision_problem(value: str) -> str | None:
-        return None if value in PRECISIONS else f"expected one of {', '.join(PRECISIONS)}"
+        return (None if value in PRECISION_CHOICES
+                else f"expected one of {', '.join(PRECISION_CHOICES)}")
 
     return WorkerConfig(
         device=c.get(t, "device", "worker", str, d.device, device_problem),

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 
-from dicomnode.classical import bicubic_upscale
 from dicomnode.derive import (
     Derivation,
     DerivedMultiFrame,
@@ -23,6 +22,9 @@ from dicomnode.derive import (
     derive_image,
     produced_by_dicomnode,
 )
+from dicomnode.engine import Enhancer
+from dicomnode.engine.cards import ModelCard
+from dicomnode.engine.classical import bicubic_upscale
 from dicomnode.errors import DeriveError, InputRejected
 from dicomnode.logs import event
 from dicomnode.multiframe import Frame, MultiFrame, is_enhanced, read_multiframe
@@ -35,7 +37,6 @@ from dicomnode.padding import (
 )
 from dicomnode.pixels import PixelFormat, modality_values, pixel_format, stored_values
 from dicomnode.series import Series, SourceImage
-from dicomnode.zoo import Enhancer, ModelCard
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ every model.
 Before the network, a CT's padding is filled with the image mirrored across its edge
 (:func:`fill_padding`): a network shown the step from air to padding (-1000 to -1500 HU)
 treats it as an edge to keep and leaves the noise beside it, as it would at the image border
-(the mirrored rim of :mod:`dicomnode.inference` is the same idea).
+(the mirrored rim of :mod:`dicomnode.engine.inference` is the same idea).
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 A card's ``[metrics]`` are what the model scored when it was exported; nothing ties them to the
 weights that ship beside it. This runs the weights instead: a few real slices are degraded as
-SPEC section 7 says (``dicomnode.degradations``), written as DICOM files and enhanced exactly as
-``dicomnode enhance`` and the worker do (``engine.load`` -> ``enhance.enhance_series`` ->
-derived files read back); the section 7 baselines (``dicomnode.classical``, zero-filling) get
+SPEC section 7 says (``dicomnode.engine.degradations``), written as DICOM files and enhanced
+exactly as ``dicomnode enhance`` and the worker do (``engine.load`` -> ``enhance.enhance_series`` ->
+derived files read back); the section 7 baselines (``dicomnode.engine.classical``,
+zero-filling) get
 the same input values. Scores follow SPEC section 8 (PSNR with the reference's range, SSIM with
 a Gaussian window), computed here independently of ``training``; a CT's declared padding (the
 node restores it exactly) is left out of the PSNR.
@@ -29,16 +30,16 @@ from pydicom.uid import ExplicitVRLittleEndian
 from safetensors.torch import save_file
 from skimage.metrics import structural_similarity
 
-from dicomnode import degradations as deg
-from dicomnode.classical import bicubic_upscale, nl_means
+from dicomnode.engine import degradations as deg
 from dicomnode.engine import load as load_model
+from dicomnode.engine.cards import ModelCard, load_card
+from dicomnode.engine.classical import bicubic_upscale, nl_means
 from dicomnode.enhance import derivation_for, enhance_series
 from dicomnode.files import write_dataset
 from dicomnode.nets import build_network
 from dicomnode.padding import fill_padding, fills_padding, padding_mask
 from dicomnode.pixels import modality_values, pixel_format, stored_values
 from dicomnode.series import scan
-from dicomnode.zoo import ModelCard, load_card
 from tests.conftest import CR_J2K, CT_TILT_DIR, MR_DIR
 
 # Which slices of tests/data each modality is scored on: a few, with anatomy in them. The MR is
@@ -115,7 +116,7 @@ class _Source:
 
 def learned_names(zoo: Path) -> list[str]:
     """Names of the learned models (card with weights.sha256) in ``zoo``."""
-    from dicomnode.zoo import list_cards
+    from dicomnode.engine.cards import list_cards
 
     cards, _problems = list_cards(zoo)
     return [card.name for card in cards if card.learned]

@@ -25,8 +25,8 @@ from dicomnode.config import (
     load_config,
     parse_config,
 )
+from dicomnode.engine.cards import model_names
 from dicomnode.errors import ConfigError
-from dicomnode.zoo import model_names
 
 REPO = Path(__file__).resolve().parents[1]
 REPO_CONFIG = REPO / "config.toml"

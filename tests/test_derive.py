@@ -12,7 +12,6 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from dicomnode.classical import bicubic_upscale
 from dicomnode.derive import (
     UID_NAMESPACE,
     Derivation,
@@ -20,6 +19,7 @@ from dicomnode.derive import (
     derived_uid,
     produced_by_dicomnode,
 )
+from dicomnode.engine.classical import bicubic_upscale
 from dicomnode.errors import DeriveError
 from dicomnode.pixels import modality_values, pixel_format, stored_values
 from tests.conftest import CODEC_DIR, CT_TILT_DIR, MR_DIR, read_back

@@ -11,10 +11,10 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from dicomnode.classical import bicubic_upscale
 from dicomnode.cli import main
 from dicomnode.derive import Derivation, derive_difference, derived_uid, difference_uid
 from dicomnode.engine import load as load_model
+from dicomnode.engine.classical import bicubic_upscale
 from dicomnode.enhance import derivation_for, enhance_series
 from dicomnode.errors import ConfigError
 from dicomnode.pixels import modality_values

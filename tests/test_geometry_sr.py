@@ -19,7 +19,7 @@ import pydicom
 import pytest
 
 from dicomnode.cli import main
-from dicomnode.zoo import ZOO_ENV, default_zoo_dir
+from dicomnode.engine.cards import ZOO_ENV, default_zoo_dir
 from tests.conftest import MR_DIR
 
 ROW_SPACING, COLUMN_SPACING = 0.8, 1.3  # PixelSpacing = [between rows, between columns]

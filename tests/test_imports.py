@@ -26,18 +26,23 @@ SERVING = tuple(f"dicomnode.{m}" for m in (
     "scp", "spool", "router", "worker", "scu", "node", "http", "metrics", "cli", "config",
     "derive", "structure", "files"))
 CSTORE_PATH = tuple(f"dicomnode.{m}" for m in ("scp", "spool", "structure", "files"))
-MODEL_CODE = ("torch", *(f"dicomnode.{m}" for m in (
-    "engine", "learned", "inference", "nets", "classical", "zoo", "devices", "normalise",
-    "guards")))
+MODEL_CODE = ("torch", "dicomnode.engine", "dicomnode.nets")
+# The engine's vocabulary: device and precision names that the configuration (loaded by the
+# C-STORE path) checks. The package's __init__ imports nothing at load time and choices.py
+# nothing at all; test_the_engine_vocabulary_imports_nothing keeps it so.
+ENGINE_VOCABULARY = ("dicomnode.engine", "dicomnode.engine.choices")
+# What training may load of dicomnode: the engine, the networks, and the DICOM reading and
+# small helpers both sides share (issue 16: series/pixels may stay where they are).
+TRAINING_MAY_LOAD = ("dicomnode.engine", "dicomnode.nets", *(f"dicomnode.{m}" for m in (
+    "errors", "logs", "series", "pixels", "multiframe", "padding")))
+# Engine parts that lived beside the engine before issue 16: they must not come back.
+FORMER_ENGINE_PARTS = tuple(f"dicomnode.{m}" for m in (
+    "zoo", "normalise", "devices", "inference", "guards", "degradations", "learned",
+    "classical"))
 
-# Violations that exist today, each with why; the tests fail on any other, and also when one of
-# these disappears (then delete its line). Both go with the engine folder (issue 16 item 1).
-KNOWN_TRAINING_LOADS = {
-    "dicomnode.config": "dicomnode.zoo imports config.PRECISIONS and dicomnode.devices imports "
-                        "config.DEVICE_PATTERN (constants the engine should own)",
-}
-KNOWN_CYCLE_EDGES = {
-}
+# Cycles that exist today, as (importer, imported) edges; the tests fail on any other cycle,
+# and when one of these disappears (then delete its line).
+KNOWN_CYCLE_EDGES: set[tuple[str, str]] = set()
 
 
 def module_name(path: Path) -> str:
@@ -165,9 +170,9 @@ def training_modules() -> list[str]:
 
 def test_the_graph_sees_imports_inside_functions() -> None:
     graph = import_graph()
-    assert "dicomnode.learned" in graph["dicomnode.engine"]  # engine.load's lazy import
+    assert "dicomnode.engine.learned" in graph["dicomnode.engine"]  # engine.load's lazy import
     assert "dicomnode.nets.registry" in graph["dicomnode.nets"]
-    assert "torch" in graph["dicomnode.devices"]
+    assert "torch" in graph["dicomnode.engine.devices"]
     assert len(training_modules()) >= 10 and "dicomnode.scp" in graph
 
 
@@ -196,23 +201,58 @@ def test_known_cycles_are_still_cycles() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("module", ["training", *training_modules()])
 def test_training_loads_no_serving_module(module: str) -> None:
-    serving = {m for m in loaded_modules(module) if m in SERVING}
-    unknown = serving - set(KNOWN_TRAINING_LOADS)
-    assert not unknown, f"importing {module} loads the server's {sorted(unknown)}"
-
-
-@pytest.mark.slow
-def test_known_training_loads_are_still_there() -> None:
-    loaded = loaded_modules("training.export")  # imports train, evaluate and the zoo
-    for name, why in KNOWN_TRAINING_LOADS.items():
-        assert name in loaded, f"training no longer loads {name} ({why}): delete the entry"
+    loaded = loaded_modules(module)
+    serving = sorted(m for m in loaded if m in SERVING)
+    assert not serving, f"importing {module} loads the server's {serving}"
+    outside = sorted(m for m in loaded if is_within(m, ("dicomnode",)) and m != "dicomnode"
+                     and not is_within(m, TRAINING_MAY_LOAD))
+    assert not outside, f"importing {module} loads {outside}, outside the engine"
 
 
 def test_training_may_not_import_serving_modules_later() -> None:
     """Imports inside functions count too: they run on the first call."""
     for module in training_modules():
-        found = {m for m in reachable(module) if m in SERVING} - set(KNOWN_TRAINING_LOADS)
-        assert not found, f"{module} may import the server's {sorted(found)}"
+        found = sorted(m for m in reachable(module) if m in SERVING)
+        assert not found, f"{module} may import the server's {found}"
+        outside = sorted(m for m in reachable(module) if is_within(m, ("dicomnode",))
+                         and m != "dicomnode" and not is_within(m, TRAINING_MAY_LOAD))
+        assert not outside, f"{module} may import {outside}, outside the engine"
+
+
+def test_the_engine_parts_live_in_the_engine() -> None:
+    modules = project_modules()
+    assert not [m for m in FORMER_ENGINE_PARTS if m in modules]
+    engine = {m for m in modules if is_within(m, ("dicomnode.engine",))}
+    assert {f"dicomnode.engine.{m}" for m in ("cards", "normalise", "devices", "inference",
+                                              "guards", "degradations", "learned",
+                                              "classical", "choices")} <= engine
+
+
+def test_the_engine_imports_nothing_of_the_node_or_training() -> None:
+    """Arrows only into the engine: it uses the networks and the shared helpers, no more."""
+    allowed = ("dicomnode.engine", "dicomnode.nets", "dicomnode.errors", "dicomnode.logs")
+    for module in (m for m in project_modules() if is_within(m, ("dicomnode.engine",))):
+        ours = {m for m in reachable(module) if is_within(m, PACKAGES)}
+        assert all(is_within(m, allowed) for m in ours), (
+            f"{module} may import {sorted(m for m in ours if not is_within(m, allowed))}")
+
+
+def test_the_engine_vocabulary_imports_nothing() -> None:
+    graph = import_graph()
+    assert graph["dicomnode.engine.choices"] <= {"__future__", "re"}
+    top_level = {name for node in ast.parse(
+        (ROOT / "dicomnode/engine/__init__.py").read_text(encoding="utf-8")).body
+        for name in _statement_imports(node)}
+    assert top_level <= {"__future__", "pathlib", "typing"}, top_level
+
+
+def _statement_imports(node: ast.stmt) -> set[str]:
+    """Modules a top-level statement imports when run (``if TYPE_CHECKING:`` never runs)."""
+    if isinstance(node, ast.Import):
+        return {alias.name for alias in node.names}
+    if isinstance(node, ast.ImportFrom):
+        return {node.module or ""}
+    return set()
 
 
 @pytest.mark.slow
@@ -231,9 +271,11 @@ def test_the_node_never_loads_training() -> None:
 
 @pytest.mark.parametrize("module", CSTORE_PATH)
 def test_the_cstore_path_loads_no_model_code(module: str) -> None:
-    loaded = {m for m in loaded_modules(module) if is_within(m, MODEL_CODE)}
+    loaded = {m for m in loaded_modules(module) if is_within(m, MODEL_CODE)
+              and m not in ENGINE_VOCABULARY}
     assert not loaded, f"importing {module} loads {sorted(loaded)}"
-    later = {m for m in reachable(module) if is_within(m, MODEL_CODE)}
+    later = {m for m in reachable(module) if is_within(m, MODEL_CODE)
+             and m not in ENGINE_VOCABULARY}
     assert not later, f"{module} may import {sorted(later)} (inside a function)"
 
 

@@ -122,9 +122,9 @@ def test_the_network_sees_no_padding_and_the_output_keeps_it_exactly(tmp_path):
     the network and puts it back exactly after."""
     import pydicom
 
+    from dicomnode.engine.cards import load_card
     from dicomnode.enhance import derivation_for, enhance_series
     from dicomnode.series import scan
-    from dicomnode.zoo import load_card
 
     card = load_card("nlm-denoise")
     seen = _Seen(card)

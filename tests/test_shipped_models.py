@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dicomnode.zoo import default_zoo_dir
+from dicomnode.engine.cards import default_zoo_dir
 from tests import model_quality
 
 ZOO = default_zoo_dir()

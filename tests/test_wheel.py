@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from dicomnode.zoo import model_names
+from dicomnode.engine.cards import model_names
 
 REPO = Path(__file__).resolve().parent.parent
 

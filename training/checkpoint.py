@@ -18,9 +18,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from dicomnode.engine.cards import load_card, verify_weights
 from dicomnode.errors import ConfigError
 from dicomnode.nets import build_network
-from dicomnode.zoo import load_card, verify_weights
 from training.config import TrainConfig, resolve
 from training.tasks import Normalisation, Task
 

@@ -18,10 +18,10 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from dicomnode.guards import apply_guards, default_guards
+from dicomnode.engine.cards import load_card, verify_weights
+from dicomnode.engine.guards import apply_guards, default_guards
 from dicomnode.nets import build_network
 from dicomnode.padding import fill_padding, fills_padding
-from dicomnode.zoo import load_card, verify_weights
 from training.checkpoint import make_setup, read_checkpoint
 from training.config import parse_config
 from training.data import SeriesData, stable_seed
@@ -61,7 +61,7 @@ class LoadedModel:
 
 def guarded(guards: tuple[str, ...], output: np.ndarray, inputs: np.ndarray,
             task: Task) -> np.ndarray:
-    """``dicomnode.guards`` on a prediction, so a card's numbers are the node's output's."""
+    """``dicomnode.engine.guards`` on a prediction, so a card's numbers are the node's output's."""
     if not guards:
         return output
     return apply_guards(guards, output, inputs, task.scale, degradation=task.kind)
@@ -114,9 +114,9 @@ def restore_padding(output: np.ndarray, reference: np.ndarray, mask: np.ndarray 
 def load_model(name_or_checkpoint: str, models_dir: Path | None = None) -> LoadedModel:
     """A checkpoint (file or run folder) if the path exists, else a model card from the zoo.
 
-    Cards are read with ``dicomnode.zoo`` and their weights checked against the sha256 before
-    loading (safetensors only). Until the node's own learned-model loader lands this builds the
-    network directly from the registry; it is the same registry the node uses.
+    Cards are read with ``dicomnode.engine.cards`` and their weights checked against the sha256
+    before loading (safetensors only). Until the node's own learned-model loader lands this
+    builds the network directly from the registry; it is the same registry the node uses.
     """
     path = Path(name_or_checkpoint)
     if path.exists():

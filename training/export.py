@@ -20,7 +20,7 @@ from typing import Any
 
 from safetensors.torch import save_file
 
-from dicomnode.zoo import CARD_FILE, WEIGHTS_FILE, load_card
+from dicomnode.engine.cards import CARD_FILE, WEIGHTS_FILE, load_card
 from training.checkpoint import EVAL, HISTORY, ZOO_PREFIX, make_setup, read_checkpoint
 from training.config import REPO_ROOT, parse_config
 

@@ -4,7 +4,8 @@ Kept small and stateless on purpose: normalise with the input series' parameters
 batches (neighbours stacked as channels for 2.5D), large images in overlapping tiles whose
 margins are discarded, map back. The node's own inference path lives in ``dicomnode`` and is
 not used here (it blends tiles for any device and precision); the mirrored rim around each slice
-is the node's own (``dicomnode.inference.mirror_border``), so both give a network the same edges.
+is the node's own (``dicomnode.engine.inference.mirror_border``), so both give a network the
+same edges.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dicomnode.inference import mirror_border
+from dicomnode.engine.inference import mirror_border
 from dicomnode.nets import image_border
 from training.tasks import Normalisation
 

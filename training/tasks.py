@@ -1,7 +1,7 @@
 """What a model is trained to undo: a degradation from SPEC section 7, its baselines and levels.
 
-The degradations themselves live in ``dicomnode.degradations`` (the node's guards use the same
-code); this module reads a config's ``[degradation]`` table and applies them to series for
+The degradations themselves live in ``dicomnode.engine.degradations`` (the node's guards use the
+same code); this module reads a config's ``[degradation]`` table and applies them to series for
 evaluation and to random crops for training, and it knows which classical baselines each task
 must beat. Normalisation (how modality values become network inputs) is described here too,
 because the card must carry exactly what training did.
@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from dicomnode import degradations as deg
-from dicomnode.classical import bicubic_upscale, nl_means
+from dicomnode.engine import degradations as deg
+from dicomnode.engine.classical import bicubic_upscale, nl_means
 from training.data import SeriesData, random_crop, random_flip_rotate, stable_seed
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class Normalisation:
         return float(low), float(max(high - low, 1e-6))
 
     def card(self) -> dict[str, Any]:
-        # The card speaks the node's schema (dicomnode.normalise): "hu" low..high -> 0..1 is
+        # The card speaks the node's schema (dicomnode.engine.normalise): "hu" low..high -> 0..1 is
         # this linear map; "percentile" names its low / high percentiles.
         if self.method == "linear":
             return {"method": "hu", "low": self.offset, "high": self.offset + self.scale,

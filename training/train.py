@@ -27,8 +27,8 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
 
+from dicomnode.engine.guards import default_guards
 from dicomnode.errors import ConfigError
-from dicomnode.guards import default_guards
 from dicomnode.nets import build_network
 from training import losses
 from training.checkpoint import (

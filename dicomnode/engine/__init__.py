@@ -1,21 +1,43 @@
-"""The engine's front door: one factory from a model card to an :class:`Enhancer`.
+"""The engine: one folder for everything that turns a model card into enhanced pixels.
 
-The node's worker, ``dicomnode enhance`` and the training module's checks all load models
-here, so a card is run one way everywhere. The loaders it calls (``classical``, ``learned``)
-import the card module (``zoo``); the card module imports neither, so there is no cycle.
-The card, normalisation, inference, guard and degradation modules still sit beside this
-package (``dicomnode/zoo.py``, ``learned.py`` ...); moving them under ``engine/`` is the rest
-of issue 16's item 1.
+Cards (``cards``), normalisation (``normalise``), devices and precision (``devices``,
+``choices``), tiled batched inference (``inference``), safety guards (``guards``), the
+degradations the guards and training share (``degradations``), and the two kinds of method
+(``learned``, ``classical``). The node's worker, ``dicomnode enhance`` and the training
+module's evaluation all load models through :func:`load`, so a card runs one way everywhere.
+Imports point into this folder only: nothing here imports the server or ``training``.
+
+Importing this package loads nothing but this file (the loaders are imported on use), so the
+configuration can name :mod:`dicomnode.engine.choices` without loading torch.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
-from dicomnode.errors import ModelError
-from dicomnode.zoo import Enhancer, ModelCard, check_runnable, load_card
+if TYPE_CHECKING:
+    import numpy as np
+
+    from dicomnode.engine.cards import ModelCard
 
 __all__ = ["Enhancer", "load"]
+
+
+class Enhancer(Protocol):
+    """Turns a stack of slices (N, H, W) in modality values into (N, H*f, W*f).
+
+    Two optional attributes let ``enhance.enhance_series`` feed it better (both are absent on the
+    classical enhancers): ``context`` (int), the number of neighbouring slices it needs on each
+    side (2.5D networks: the stack then holds ``context`` extra slices before and after the N it
+    returns), and ``for_series(sample)``, which takes a few slices of the whole series (modality
+    values) and returns the callable to use for that series (per-series normalisation
+    statistics), so the enhancer itself keeps no per-series state.
+    """
+
+    card: ModelCard
+
+    def __call__(self, stack: np.ndarray) -> np.ndarray: ...
 
 
 def load(
@@ -32,9 +54,12 @@ def load(
 
     ``device`` (``auto|cpu|cuda|cuda:N|mps``), ``precision`` (``auto|fp32|fp16|bf16``, within
     the card's ``[inference] precisions``), ``tile``, ``overlap`` and ``batch_size`` configure
-    how a network runs (see :func:`dicomnode.inference.infer`); classical algorithms ignore them.
+    how a network runs (see :func:`dicomnode.engine.inference.infer`); classical algorithms
+    ignore them.
     """
-    from dicomnode.classical import CLASSICAL
+    from dicomnode.engine.cards import ModelCard, check_runnable, load_card
+    from dicomnode.engine.classical import CLASSICAL
+    from dicomnode.errors import ModelError
 
     card = model if isinstance(model, ModelCard) else load_card(model, zoo_dir)
     check_runnable(card)
@@ -46,7 +71,7 @@ def load(
                 f"algorithm ({', '.join(sorted(CLASSICAL))}) and the card has no weights.sha256"
             )
         return factory(card)
-    from dicomnode.learned import load_network_enhancer
+    from dicomnode.engine.learned import load_network_enhancer
 
     return load_network_enhancer(card, device=device, precision=precision, tile=tile,
                                  overlap=overlap, batch_size=batch_size)

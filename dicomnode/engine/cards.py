@@ -14,19 +14,17 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
-
-from dicomnode.config import PRECISIONS as _WORKER_PRECISIONS
-from dicomnode.errors import ModelError
-from dicomnode.guards import (
+from dicomnode.engine.choices import PRECISIONS
+from dicomnode.engine.guards import (
     active_guards,
     degradation_name,
     requirement_problems,
     setting_problems,
 )
-from dicomnode.normalise import NormalisationSpec, parse_normalisation
+from dicomnode.engine.normalise import NormalisationSpec, parse_normalisation
+from dicomnode.errors import ModelError
 
 TASKS = ("super-resolution", "denoise")
 WEIGHTS_FILE = "weights.safetensors"
@@ -37,7 +35,6 @@ _CARD_KEYS = (
     "normalisation", "degradation", "training", "metrics", "cross_scanner_metrics", "guards",
     "weights", "inference", "review",
 )
-PRECISIONS = tuple(p for p in _WORKER_PRECISIONS if p != "auto")
 _INFERENCE_KEYS = ("precisions",)
 
 
@@ -95,29 +92,13 @@ class ModelCard:
         return parse_normalisation(self.normalisation)[0]
 
 
-class Enhancer(Protocol):
-    """Turns a stack of slices (N, H, W) in modality values into (N, H*f, W*f).
-
-    Two optional attributes let ``enhance.enhance_series`` feed it better (both are absent on the
-    classical enhancers): ``context`` (int), the number of neighbouring slices it needs on each
-    side (2.5D networks: the stack then holds ``context`` extra slices before and after the N it
-    returns), and ``for_series(sample)``, which takes a few slices of the whole series (modality
-    values) and returns the callable to use for that series (per-series normalisation
-    statistics), so the enhancer itself keeps no per-series state.
-    """
-
-    card: ModelCard
-
-    def __call__(self, stack: np.ndarray) -> np.ndarray: ...
-
-
 def default_zoo_dir() -> Path:
     """``$DICOMNODE_MODELS``, or ``dicomnode/models``: package data in a wheel, a link to the
     repository's ``models/`` folder in a checkout."""
     env = os.environ.get(ZOO_ENV)
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent / "models"
+    return Path(__file__).resolve().parent.parent / "models"
 
 
 def model_names(zoo_dir: Path | None = None) -> list[str]:

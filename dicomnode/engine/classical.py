@@ -10,9 +10,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from dicomnode.engine.cards import ModelCard
+from dicomnode.engine.guards import apply_guards
 from dicomnode.errors import ModelError
-from dicomnode.guards import apply_guards
-from dicomnode.zoo import Enhancer, ModelCard
 
 
 def bicubic_upscale(image: np.ndarray, scale: int) -> np.ndarray:
@@ -58,19 +58,19 @@ class SliceEnhancer:
         return apply_guards(guards, output, stack, self.card.scale, self.card.degradation_name)
 
 
-def _bicubic(card: ModelCard) -> Enhancer:
+def _bicubic(card: ModelCard) -> SliceEnhancer:
     if card.task != "super-resolution" or card.scale < 2:
         raise ModelError(f"model {card.name!r}: bicubic needs task super-resolution, scale >= 2")
     return SliceEnhancer(card, lambda s: bicubic_upscale(s, card.scale))
 
 
-def _nl_means(card: ModelCard) -> Enhancer:
+def _nl_means(card: ModelCard) -> SliceEnhancer:
     if card.task != "denoise":
         raise ModelError(f"model {card.name!r}: nl_means needs task denoise")
     return SliceEnhancer(card, nl_means)
 
 
-CLASSICAL: dict[str, Callable[[ModelCard], Enhancer]] = {
+CLASSICAL: dict[str, Callable[[ModelCard], SliceEnhancer]] = {
     "bicubic": _bicubic,
     "nl_means": _nl_means,
 }

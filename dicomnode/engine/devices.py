@@ -22,13 +22,12 @@ from pathlib import Path
 
 import torch
 
-from dicomnode.config import DEVICE_PATTERN
+from dicomnode.engine.choices import DEVICE_PATTERN, PRECISIONS
 from dicomnode.errors import DeviceError
 from dicomnode.logs import event
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "bf16")
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 # bf16 on a CPU only when the measured forward pass is at least this much faster: below it the
 # gain is within the noise of a shared machine and not worth bf16's rounding.

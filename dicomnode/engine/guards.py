@@ -12,8 +12,9 @@
   large), and copying it back would put that noise back.
 
 Guards are on by default for learned models (a card turns one off with ``[guards] name = false``)
-and are named in the derived DerivationDescription. They use :mod:`dicomnode.degradations`, the
-code training degrades with, so the guard enforces exactly what the model was trained to undo.
+and are named in the derived DerivationDescription. They use
+:mod:`dicomnode.engine.degradations`, the code training degrades with, so the guard enforces
+exactly what the model was trained to undo.
 All functions work on modality values, on the last two axes, one slice at a time.
 """
 
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 
 # _centre is the crop kspace_truncate uses: sharing it keeps guard and degradation identical.
-from dicomnode.degradations import _centre, block_mean
+from dicomnode.engine.degradations import _centre, block_mean
 from dicomnode.logs import event
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dicomnode.devices import (
+from dicomnode.engine.devices import (
     check_precision,
     is_out_of_memory,
     release_cached_memory,
@@ -133,7 +133,7 @@ def infer(
     ``in_channels`` (2.5D: neighbouring slices as channels), already normalised. The result has
     the same rank: (N, H*s, W*s) or (N, C_out, H*s, W*s), s = the network's ``scale``.
     ``precision`` is ``fp32``, ``bf16`` or ``fp16`` (autocast; decided by
-    :func:`dicomnode.devices.choose_precision`). On device out-of-memory the batch is halved,
+    :func:`dicomnode.engine.devices.choose_precision`). On device out-of-memory the batch is halved,
     then the tile, down to 1 and :data:`MIN_TILE`; past that a DeviceError says what to change.
     ``border``: mirror that many pixels around each slice first and drop them from the output
     (context at the image edge; :func:`dicomnode.nets.image_border` says how many a network

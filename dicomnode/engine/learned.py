@@ -21,14 +21,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from torch import nn
 
-from dicomnode.devices import choose_precision, resolve_device
+from dicomnode.engine.cards import ModelCard, read_weights
+from dicomnode.engine.devices import choose_precision, resolve_device
+from dicomnode.engine.guards import apply_guards
+from dicomnode.engine.inference import CPU_PASS_PIXELS, DEFAULT_OVERLAP, DEFAULT_TILE, infer
+from dicomnode.engine.normalise import Normaliser
 from dicomnode.errors import ModelError
-from dicomnode.guards import apply_guards
-from dicomnode.inference import CPU_PASS_PIXELS, DEFAULT_OVERLAP, DEFAULT_TILE, infer
 from dicomnode.logs import event
 from dicomnode.nets import build_network, image_border
-from dicomnode.normalise import Normaliser
-from dicomnode.zoo import ModelCard, read_weights
 
 log = logging.getLogger(__name__)
 _LISTED = 5  # mismatching tensors named in one message
@@ -167,7 +167,7 @@ def load_network_enhancer(card: ModelCard, device: str = "auto", precision: str 
     """Build, load and place a card's network; the device and precision are decided here, once.
 
     ``precision = "auto"`` on a CPU, for a card that validated bf16, times this network on one
-    CPU pass in fp32 and bf16 (:func:`dicomnode.devices.measured_cpu_precision`).
+    CPU pass in fp32 and bf16 (:func:`dicomnode.engine.devices.measured_cpu_precision`).
     """
     if batch_size < 1 or overlap < 0 or (tile is not None and tile < 1):
         raise ModelError(f"model {card.name!r}: batch_size {batch_size}, tile {tile} and overlap "

@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from dicomnode.cli import main
-from dicomnode.degradations import block_mean, kspace_truncate
 from dicomnode.engine import load as load_model
+from dicomnode.engine.cards import ZOO_ENV, load_card
+from dicomnode.engine.degradations import block_mean, kspace_truncate
+from dicomnode.engine.learned import NetworkEnhancer
 from dicomnode.errors import DeviceError, ModelError
-from dicomnode.learned import NetworkEnhancer
 from dicomnode.nets import build_network
-from dicomnode.zoo import ZOO_ENV, load_card
-from tests.conftest import MR_DIR, dciodvfy_errors
+from tests.conftest import DATA, MR_DIR, dciodvfy_errors
 from tests.model_factory import TINY_DNCNN, TINY_RLFN, replace_weights, write_model
 
 SR_PARAMS = {**TINY_RLFN, "scale": 2}
@@ -184,7 +184,7 @@ def test_an_exported_card_names_its_degradation_kind(tmp_path: Path) -> None:
 
 def test_the_shipped_zoo_loads() -> None:
     """Every card in models/ passes the node's checks (weights, guards, normalisation)."""
-    from dicomnode.zoo import list_cards
+    from dicomnode.engine.cards import list_cards
 
     cards, problems = list_cards()
     assert problems == []
@@ -201,7 +201,7 @@ def test_every_shipped_learned_model_passes_its_own_evaluation() -> None:
     The numbers come from ``dicomnode-train evaluate --update-card`` (or export); this keeps a
     model whose evaluation failed, or that was never evaluated region by region, out of the zoo.
     """
-    from dicomnode.zoo import list_cards
+    from dicomnode.engine.cards import list_cards
 
     cards, _problems = list_cards()
     learned = [card for card in cards if card.learned]
@@ -220,7 +220,7 @@ def test_cross_scanner_numbers_are_reported_as_measured() -> None:
     scanner models absent from its training data), they come from the same evaluation: every
     level has the model and its baselines, the recorded gain is their difference, and "beats"
     says what the numbers say (no card may claim a win its numbers do not show)."""
-    from dicomnode.zoo import list_cards
+    from dicomnode.engine.cards import list_cards
 
     cards, _problems = list_cards()
     crossed = [card for card in cards if card.learned and card.cross_scanner_metrics]
@@ -305,7 +305,7 @@ def test_a_tiny_learned_model_runs_end_to_end(tmp_path: Path, monkeypatch: pytes
 def test_each_shipped_model_enhances_its_dev_data(name: str, source: str, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     """The shipped weights through `dicomnode enhance`: derived, labelled, dciodvfy-clean."""
-    data = Path(__file__).parent / "data" / source
+    data = DATA / source
     folder = tmp_path / "in"
     folder.mkdir()
     for path in sorted(data.glob("*.dcm"))[15:17] or sorted(data.glob("*.dcm")):

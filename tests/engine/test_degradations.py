@@ -6,7 +6,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicomnode.degradations import block_mean, crop_to_multiple, kspace_truncate, zero_filled
+from dicomnode.engine.degradations import block_mean, crop_to_multiple, kspace_truncate, zero_filled
 from dicomnode.pixels import modality_values
 from tests.conftest import MR_DIR
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from skimage.transform import radon
 
-from dicomnode.degradations import (
+from dicomnode.engine.degradations import (
     MU_WATER_PER_MM,
     ct_sinogram,
     filtered_back_projection,

@@ -8,17 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from dicomnode import devices
-from dicomnode.devices import (
+from dicomnode.engine import devices
+from dicomnode.engine import load as load_model
+from dicomnode.engine.cards import load_card
+from dicomnode.engine.devices import (
     choose_precision,
     faster_precision,
     measured_cpu_precision,
     time_precisions,
 )
-from dicomnode.engine import load as load_model
-from dicomnode.learned import precision_key, precision_probe
+from dicomnode.engine.learned import precision_key, precision_probe
 from dicomnode.nets import build_network
-from dicomnode.zoo import load_card
 from tests.model_factory import TINY_DNCNN, write_model
 
 CPU = torch.device("cpu")
@@ -67,7 +67,7 @@ def test_auto_on_a_cpu_picks_what_the_network_ran_faster(bf16_cost: float, expec
                                                          caplog: pytest.LogCaptureFixture
                                                          ) -> None:
     clock = FakeClock({"fp32": 0.3, "bf16": bf16_cost})
-    with caplog.at_level(logging.INFO, logger="dicomnode.devices"):
+    with caplog.at_level(logging.INFO, logger="dicomnode.engine.devices"):
         chosen = choose_precision("auto", CPU, ("fp32", "bf16"), probe=clock.probe,
                                   probe_key=("ffdnet", "{}", 2), timer=clock)
     assert chosen == expected

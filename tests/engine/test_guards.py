@@ -8,11 +8,10 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicomnode.degradations import block_mean, kspace_truncate, zero_filled
 from dicomnode.engine import load as load_model
-from dicomnode.enhance import derivation_for
-from dicomnode.errors import ModelError
-from dicomnode.guards import (
+from dicomnode.engine.cards import load_card, verify_weights
+from dicomnode.engine.degradations import block_mean, kspace_truncate, zero_filled
+from dicomnode.engine.guards import (
     active_guards,
     apply_guards,
     block_mean_consistency,
@@ -23,7 +22,8 @@ from dicomnode.guards import (
     requirement_problems,
     setting_problems,
 )
-from dicomnode.zoo import load_card, verify_weights
+from dicomnode.enhance import derivation_for
+from dicomnode.errors import ModelError
 from tests.conftest import MR_DIR
 from tests.model_factory import TINY_DNCNN, TINY_RLFN, write_model
 

@@ -15,11 +15,10 @@ import pytest
 import torch
 from torch import nn
 
-from dicomnode import devices
-from dicomnode.devices import choose_precision, resolve_device
-from dicomnode.enhance import derivation_for, enhance_series
-from dicomnode.errors import DeviceError
-from dicomnode.inference import (
+from dicomnode.engine import devices
+from dicomnode.engine.cards import load_card
+from dicomnode.engine.devices import choose_precision, resolve_device
+from dicomnode.engine.inference import (
     CPU_PASS_PIXELS,
     blend_window,
     infer,
@@ -27,9 +26,10 @@ from dicomnode.inference import (
     pass_size,
     plan_tiles,
 )
+from dicomnode.enhance import derivation_for, enhance_series
+from dicomnode.errors import DeviceError
 from dicomnode.nets import ARCHITECTURES, build_network, image_border, list_architectures
 from dicomnode.series import scan
-from dicomnode.zoo import load_card
 from tests.conftest import MR_DIR
 from tests.model_factory import TINY_DNCNN, write_model
 
@@ -313,7 +313,7 @@ def test_absent_devices_are_clear_errors(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_precision_choice_respects_hardware_and_card(monkeypatch: pytest.MonkeyPatch) -> None:
     cpu = torch.device("cpu")
-    # auto on a CPU measures the network (tests/test_devices.py); without one to time, fp32
+    # auto on a CPU measures the network (tests/engine/test_devices.py); without one to time, fp32
     monkeypatch.setattr(devices, "cpu_has_amx", lambda: True)
     assert choose_precision("auto", cpu, ("fp32", "bf16")) == "fp32"
     assert choose_precision("auto", cpu, ("fp32",)) == "fp32"  # not validated on the card

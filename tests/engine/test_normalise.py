@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dicomnode.normalise import (
+from dicomnode.engine.normalise import (
     MAX_STATISTIC_VALUES,
     NormalisationSpec,
     parse_normalisation,

@@ -299,7 +299,7 @@ def test_rlfn_zero_filled_base_starts_as_the_baseline_and_matches_numpy():
     untrained, it adds nothing (zero-initialised tail), so training starts at the baseline."""
     import numpy as np
 
-    from dicomnode.degradations import zero_filled as zero_filled_numpy
+    from dicomnode.engine.degradations import zero_filled as zero_filled_numpy
     from dicomnode.errors import ModelError
     from dicomnode.nets.rlfn import RLFN, zero_filled
 

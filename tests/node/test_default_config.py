@@ -17,9 +17,9 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicomnode.degradations import kspace_truncate
-from dicomnode.guards import low_pass
-from dicomnode.zoo import load_card
+from dicomnode.engine.cards import load_card
+from dicomnode.engine.degradations import kspace_truncate
+from dicomnode.engine.guards import low_pass
 from tests.conftest import CT_TILT_DIR, MR_DIR, dciodvfy_errors
 from tests.node.conftest import pacs_destination
 from tests.peers import REPO, NodeProcess, Orthanc, storescu, wait_for

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from dicomnode.degradations import kspace_truncate, zero_filled
+from dicomnode.engine.degradations import kspace_truncate, zero_filled
 from tests.conftest import ENHANCED_MR_DIR, MR_DIR
 from training.data import (
     SeriesData,

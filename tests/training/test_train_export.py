@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from dicomnode.engine.cards import load_card, verify_weights
 from dicomnode.errors import ConfigError
-from dicomnode.zoo import load_card, verify_weights
 from training import cli
 from training.checkpoint import CHECKPOINT, EVAL, HISTORY, ZOO_PREFIX, make_setup
 from training.config import load_config, parse_config
