@@ -25,6 +25,11 @@ export TCP_NODELAY=1
 free_port() { $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 1 600); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 now() { date +%s.%N; }
+stop() { # pid: SIGTERM, up to 60 s to finish, then SIGKILL
+  kill -TERM "$1" 2>/dev/null || true
+  for _ in $(seq 1 600); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL "$1" 2>/dev/null || true
+}
 
 deal() { # N -> folder with N shares of the instances, round robin
   local n=$1 dir="$WORK/in$1" i=0
@@ -80,7 +85,7 @@ TOML
   send "$port" DICOMNODE "$(deal "$1")"
   local stored
   stored=$($PY -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('SELECT COUNT(*) FROM instances').fetchone()[0])" "$dir/var/index.sqlite")
-  kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
+  stop "$pid"
   [ "$stored" -eq "$COUNT" ] || { echo "dicomnode indexed $stored of $COUNT" >&2; exit 1; }
   rm -rf "$dir"
 }
@@ -101,7 +106,7 @@ JSON
   send "$port" ORTHANC "$(deal "$1")"
   local stored
   stored=$(curl -s "http://127.0.0.1:$http/statistics" | $PY -c 'import json,sys; print(json.load(sys.stdin)["CountInstances"])')
-  kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
+  stop "$pid"
   [ "$stored" -eq "$COUNT" ] || { echo "Orthanc stored $stored of $COUNT" >&2; exit 1; }
   rm -rf "$dir"
 }

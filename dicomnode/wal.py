@@ -162,7 +162,7 @@ class WriteAheadLog:
         self._next_id = max(ids, default=0) + 1
         if segment_bytes is None:
             free = os.statvfs(self.folder)
-            segment_bytes = min(SEGMENT_BYTES, free.f_bavail * free.f_frsize // 8)
+            segment_bytes = min(SEGMENT_BYTES, free.f_bavail * free.f_frsize // 64)
         self.segment_bytes = max(segment_bytes, MIN_SEGMENT_BYTES)
         self._current: _Segment | None = None
         self._stop = threading.Event()
@@ -311,7 +311,7 @@ class WriteAheadLog:
             for segment in ready:
                 self._sealed.remove(segment)
                 os.close(segment.fd)
-                if spares < 2 and segment.size == self.segment_bytes:
+                if spares < 1 and segment.size == self.segment_bytes:
                     os.rename(segment.path, self.folder / f"spare-{segment.id:016d}.seg")
                     spares += 1
                 else:
@@ -367,7 +367,7 @@ def retire_replayed(folder: Path) -> int:
     count = 0
     for segment_id, path in segments(folder):
         spare = folder / f"spare-{segment_id:016d}.seg"
-        if count < 2:
+        if count < 1:
             os.rename(path, spare)
         else:
             path.unlink()
