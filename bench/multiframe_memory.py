@@ -53,9 +53,8 @@ def measure(path: Path, model: str, batch_size: int, out_dir: Path) -> dict:
     enhancer = load_model(model, batch_size=batch_size)
     source = read_multiframe(path)
     warm = np.stack([source.modality_values(f) for f in source.frames[:2]])
-    bind = getattr(enhancer, "for_series", None)
-    context = int(getattr(enhancer, "context", 0) or 0)
-    run = bind(list(warm)) if bind is not None else enhancer
+    context = enhancer.context
+    run = enhancer.for_series(list(warm))
     run(np.concatenate([warm[:1]] * context + [warm] + [warm[-1:]] * context))
     del source, warm, run
     Path("/proc/self/clear_refs").write_text("5")  # peak RSS := current RSS

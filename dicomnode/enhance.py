@@ -25,6 +25,7 @@ from dicomnode.derive import (
 from dicomnode.engine import Enhancer
 from dicomnode.engine.cards import ModelCard
 from dicomnode.engine.classical import bicubic_upscale
+from dicomnode.engine.volume import SAMPLE_SLICES, sample_indices
 from dicomnode.errors import DeriveError, InputRejected
 from dicomnode.logs import event
 from dicomnode.multiframe import Frame, MultiFrame, is_enhanced, read_multiframe
@@ -41,9 +42,6 @@ from dicomnode.series import Series, SourceImage
 log = logging.getLogger(__name__)
 
 Sink = Callable[[Dataset], Path]
-# Slices decoded for series statistics (percentile normalisation) before the chunks: enough for
-# stable percentiles, cheap next to processing the series.
-SAMPLE_SLICES = 16  # as training/tasks.py: the same statistics in training and here
 
 
 @dataclass
@@ -116,9 +114,9 @@ def enhance_series(
     """Derive every usable image of ``series``; a bad image is refused, the rest go on.
 
     Slices are decoded once each, in series order, and at most ``batch_size`` (plus the
-    enhancer's ``context`` neighbours on each side) are in memory at a time. An enhancer with
-    ``for_series`` first gets a few evenly spaced slices of the series (series statistics such
-    as percentiles), then the chunks. An Enhanced MR/CT object goes the same way frame by
+    enhancer's ``context`` neighbours on each side) are in memory at a time. An enhancer that
+    ``needs_sample`` first gets a few evenly spaced slices of the series (series statistics
+    such as percentiles), then the chunks. An Enhanced MR/CT object goes the same way frame by
     frame, stack by stack, and becomes one derived object of its SOP Class (or is refused
     whole). With ``difference``, each single-frame derived image is followed by its difference
     instance (derived minus source, SPEC section 10); Enhanced objects get none (logged).
@@ -129,9 +127,8 @@ def enhance_series(
         outcome.skipped_reason = reason
         event(log, "series_skipped", series_uid=series.series_instance_uid, reason=reason)
         return outcome
-    context = int(getattr(enhancer, "context", 0) or 0)
-    bind = getattr(enhancer, "for_series", None)
-    run = bind(series_sample(series)) if bind is not None else enhancer
+    context = enhancer.context
+    run = enhancer.for_series(series_sample(series) if enhancer.needs_sample else [])
     single = [image for image in series.images if not is_enhanced(image.sop_class_uid)]
     for window in _windows(_decoded(single, outcome, on_image), batch_size, context):
         for item, result in zip(window.centre, _infer(run, window, enhancer), strict=True):
@@ -254,7 +251,7 @@ def series_sample(series: Series, count: int = SAMPLE_SLICES) -> list[np.ndarray
     total = sum(sizes)
     if not total:
         return []
-    picks = np.unique(np.linspace(0, total - 1, min(count, total)).round().astype(np.int64))
+    picks = sample_indices(total, count)  # as training's evaluation (engine.volume)
     starts = np.cumsum([0, *sizes])
     wanted: dict[int, list[int]] = {}
     for pick in picks:

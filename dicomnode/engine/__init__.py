@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
     import numpy as np
 
     from dicomnode.engine.cards import ModelCard
@@ -25,19 +27,39 @@ __all__ = ["Enhancer", "load"]
 
 
 class Enhancer(Protocol):
-    """Turns a stack of slices (N, H, W) in modality values into (N, H*f, W*f).
+    """What the worker, ``enhance`` and training's evaluation use of a loaded model.
 
-    Two optional attributes let ``enhance.enhance_series`` feed it better (both are absent on the
-    classical enhancers): ``context`` (int), the number of neighbouring slices it needs on each
-    side (2.5D networks: the stack then holds ``context`` extra slices before and after the N it
-    returns), and ``for_series(sample)``, which takes a few slices of the whole series (modality
-    values) and returns the callable to use for that series (per-series normalisation
-    statistics), so the enhancer itself keeps no per-series state.
+    Learned (:class:`dicomnode.engine.learned.NetworkEnhancer`) and classical
+    (:class:`dicomnode.engine.classical.SliceEnhancer`) methods implement every member, so
+    callers never probe for one.
     """
 
-    card: ModelCard
+    @property
+    def card(self) -> ModelCard:
+        """The card it was loaded from: task, scale, modalities, guards, labels."""
+        ...
 
-    def __call__(self, stack: np.ndarray) -> np.ndarray: ...
+    @property
+    def context(self) -> int:
+        """Neighbouring slices it needs on each side (2.5D networks; 0 for a single slice):
+        a stack passed to it holds that many extra slices before and after those it returns."""
+        ...
+
+    @property
+    def needs_sample(self) -> bool:
+        """Whether :meth:`for_series` reads its sample (series statistics such as
+        percentiles); when False the caller may pass an empty one and decode nothing."""
+        ...
+
+    def for_series(self, sample: Sequence[np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+        """The callable for one series, given a few of its slices in modality values (up to
+        :data:`dicomnode.engine.volume.SAMPLE_SLICES`, evenly spaced): per-series state lives
+        in what it returns, never in the enhancer."""
+        ...
+
+    def __call__(self, stack: np.ndarray) -> np.ndarray:
+        """(N + 2 context, H, W) modality values -> (N, H*f, W*f), statistics from ``stack``."""
+        ...
 
 
 def load(

@@ -6,7 +6,7 @@ and their parameters are the ones the evaluation uses.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -45,9 +45,16 @@ class SliceEnhancer:
     consistency guard is bicubic plus back-projection); the learned models' guards, same code.
     """
 
+    context = 0  # one slice at a time
+    needs_sample = False  # no series statistics
+
     def __init__(self, card: ModelCard, function: Callable[[np.ndarray], np.ndarray]) -> None:
         self.card = card
         self._function = function
+
+    def for_series(self, sample: Sequence[np.ndarray]) -> SliceEnhancer:
+        """Itself: a classical algorithm keeps nothing per series."""
+        return self
 
     def __call__(self, stack: np.ndarray) -> np.ndarray:
         stack = np.asarray(stack, dtype=np.float32)

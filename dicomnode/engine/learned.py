@@ -112,6 +112,11 @@ class NetworkEnhancer:
         channels = int(getattr(network, "in_channels", 1))
         self.context = channels // 2
 
+    @property
+    def needs_sample(self) -> bool:
+        """Percentile normalisation reads the series; a fixed HU window does not."""
+        return self.normalisation.needs_series
+
     def for_series(self, sample: Sequence[np.ndarray]) -> SeriesEnhancer:
         """The enhancer for one series, given a few of its slices (modality values)."""
         if self.normalisation.needs_series and not sample:
@@ -156,6 +161,13 @@ class SeriesEnhancer:
     @property
     def context(self) -> int:
         return self.enhancer.context
+
+    @property
+    def needs_sample(self) -> bool:
+        return False  # bound already
+
+    def for_series(self, sample: Sequence[np.ndarray]) -> SeriesEnhancer:
+        return self
 
     def __call__(self, stack: np.ndarray) -> np.ndarray:
         return self.enhancer.run(stack, self.normaliser)

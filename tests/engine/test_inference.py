@@ -349,6 +349,7 @@ class _Recorder:
     def __init__(self, card, context: int) -> None:  # type: ignore[no-untyped-def]
         self.card = card
         self.context = context
+        self.needs_sample = True
         self.stacks: list[list[float]] = []
         self.samples: list[int] = []
 
