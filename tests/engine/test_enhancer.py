@@ -14,7 +14,7 @@ MEMBERS = {name for name, _ in inspect.getmembers(Enhancer) if not name.startswi
 
 
 def test_the_protocol_declares_what_the_callers_use() -> None:
-    assert MEMBERS == {"card", "context", "needs_sample", "for_series"}
+    assert {"card", "context", "needs_sample", "for_series"} == MEMBERS
 
 
 @pytest.mark.parametrize(("name", "context", "needs_sample"), [
