@@ -19,10 +19,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from dicomnode.engine.cards import load_card, verify_weights
+from dicomnode.engine.normalise import NormalisationSpec
 from dicomnode.errors import ConfigError
 from dicomnode.nets import build_network
 from training.config import TrainConfig, resolve
-from training.tasks import Normalisation, Task
+from training.tasks import Task, read_normalisation
 
 CHECKPOINT = "checkpoint.safetensors"
 DISCRIMINATOR = "discriminator.safetensors"
@@ -39,7 +40,7 @@ class Setup:
 
     config: TrainConfig
     task: Task
-    norm: Normalisation
+    norm: NormalisationSpec  # the card's schema: what export writes and the node reads
 
     @property
     def scale(self) -> int:
@@ -65,7 +66,7 @@ class Setup:
 def make_setup(config: TrainConfig) -> Setup:
     cache = config.out_dir / "cache"
     task = Task.from_config(config.degradation, cache_dir=cache)
-    return Setup(config, task, Normalisation.from_config(config.normalisation))
+    return Setup(config, task, read_normalisation(config.normalisation))
 
 
 # --- checkpoints --------------------------------------------------------------------------------

@@ -2,11 +2,16 @@
 
 The model and the baselines of SPEC section 7 get the same degraded slices (seeded by series
 and level, so the numbers on a card are reproduced exactly by re-running this), and a PNG panel
-per series and level shows input, best baseline, model, reference and the model's error.
+per series and level shows input, best baseline, model, reference and the model's error. The
+model runs through the node's engine (card normalisation, tiled inference, guards:
+``dicomnode.engine.volume.enhance_volume``), so its numbers are those of the node's pixels.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -15,53 +20,103 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from dicomnode.engine.cards import load_card, verify_weights
+from dicomnode.engine import Enhancer
+from dicomnode.engine.cards import ModelCard, check_runnable, load_card
+from dicomnode.engine.choices import PRECISIONS
 from dicomnode.engine.guards import apply_guards, default_guards
-from dicomnode.nets import build_network
+from dicomnode.engine.learned import build_model, network_enhancer
+from dicomnode.engine.normalise import NormalisationSpec
+from dicomnode.engine.volume import enhance_volume
 from dicomnode.padding import fill_padding, fills_padding
-from training.checkpoint import make_setup, read_checkpoint
+from training.checkpoint import Setup, make_setup, read_checkpoint
 from training.config import parse_config
 from training.data import SeriesData, stable_seed
 from training.metrics import average, beats, series_metrics
-from training.predict import predict_series
 from training.regions import MARGIN, padding_pixels, pooled_rms, squared_errors, worse_regions
-from training.tasks import Normalisation, Task
+from training.tasks import Task
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class LoadedModel:
-    """A network with everything needed to run it as training did."""
+    """A model as the node runs it (the engine's enhancer), with the task it is evaluated on.
+
+    ``card`` is the zoo's card; a network from a checkpoint or from a run in progress gets a
+    card made in memory (:func:`in_memory_card`) from the run's task and normalisation.
+    """
 
     name: str
     network: nn.Module
     task: Task
-    norm: Normalisation
+    norm: NormalisationSpec
     channels: int
     modalities: tuple[str, ...]
     guards: tuple[str, ...] = ()
+    card: ModelCard | None = None
+    batch_size: int = 8
 
     @property
     def scale(self) -> int:
         return self.task.scale
 
+    def enhancer(self, device: str = "cpu", amp: str = "none") -> Enhancer:
+        """The engine's enhancer of this network, with ``guards`` on (the node's guards)."""
+        card = self.card if self.card is not None else in_memory_card(self)
+        card = dataclasses.replace(card, guards=guard_settings(card.task, self.guards))
+        # a copy: the engine puts a network in eval mode, channels_last, on its device, and a
+        # run in progress keeps training its own
+        network = copy.deepcopy(self.network) if self.card is None else self.network
+        return network_enhancer(card, network, device=device, precision=PRECISION[amp],
+                                batch_size=self.batch_size)
+
     def predict(self, inputs: np.ndarray, device: str = "cpu", amp: str = "none") -> np.ndarray:
-        """The network's output after the same guards the node applies to this model."""
-        output = predict_series(self.network, inputs, self.norm, scale=self.scale,
-                                channels=self.channels, device=device, amp=amp)
-        return guarded(self.guards, output, inputs, self.task)
+        """The node's output for a series held in memory (``engine.volume.enhance_volume``):
+        the card's normalisation, the engine's tiled inference, the node's guards."""
+        return enhance_volume(self.enhancer(device, amp), inputs, self.batch_size)
 
     def accepts(self, modality: str) -> bool:
         return "*" in self.modalities or modality.upper() in self.modalities
 
 
+PRECISION = {"none": "fp32", "bf16": "bf16", "fp16": "fp16"}  # training's amp -> the engine's
+
+
+def guard_settings(task: str, guards: tuple[str, ...]) -> dict[str, bool]:
+    """A card's ``[guards]`` table that turns on exactly ``guards``."""
+    return {**{name: False for name in default_guards(task)}, **dict.fromkeys(guards, True)}
+
+
+def in_memory_card(model: LoadedModel) -> ModelCard:
+    """The card export would write for ``model`` (without metrics), its sha256 that of the
+    network's weights as they are now."""
+    norm = model.norm
+    # A run started before the card's schema was training's (read from that run's config)
+    table = norm.table() if isinstance(norm, NormalisationSpec) else norm.card()
+    state = {k: v.detach().cpu().contiguous() for k, v in model.network.state_dict().items()}
+    return ModelCard(
+        name=model.name, version="in-memory", task=model.task.task, scale=model.task.scale,
+        modalities=tuple(model.modalities), description="a network in training or a checkpoint",
+        architecture=type(model.network).__name__, parameters={}, normalisation=table,
+        degradation=model.task.card(), training={}, metrics={},
+        guards=guard_settings(model.task.task, model.guards),
+        weights_sha256=hashlib.sha256(save_safetensors(state)).hexdigest(),
+        folder=Path(model.name), precisions=PRECISIONS)
+
+
+def network_model(setup: Setup, network: nn.Module) -> LoadedModel:
+    """A run's network (in training or from a checkpoint) with the guards the node gives it."""
+    return LoadedModel(setup.config.name, network, setup.task, setup.norm, setup.channels,
+                       setup.config.modalities, default_guards(setup.task.task))
+
+
 def guarded(guards: tuple[str, ...], output: np.ndarray, inputs: np.ndarray,
             task: Task) -> np.ndarray:
-    """``dicomnode.engine.guards`` on a prediction, so a card's numbers are the node's output's."""
+    """``dicomnode.engine.guards`` on an output computed elsewhere (the guard bound's perfect
+    output); the models' own outputs are guarded inside the engine."""
     if not guards:
         return output
     return apply_guards(guards, output, inputs, task.scale, degradation=task.kind)
@@ -114,9 +169,9 @@ def restore_padding(output: np.ndarray, reference: np.ndarray, mask: np.ndarray 
 def load_model(name_or_checkpoint: str, models_dir: Path | None = None) -> LoadedModel:
     """A checkpoint (file or run folder) if the path exists, else a model card from the zoo.
 
-    Cards are read with ``dicomnode.engine.cards`` and their weights checked against the sha256
-    before loading (safetensors only). Until the node's own learned-model loader lands this
-    builds the network directly from the registry; it is the same registry the node uses.
+    A card's network is built by the engine (``dicomnode.engine.learned.build_model``: weights
+    checked against the card's sha256, safetensors only, every tensor and shape checked), and
+    runs as the node runs it.
     """
     path = Path(name_or_checkpoint)
     if path.exists():
@@ -125,19 +180,17 @@ def load_model(name_or_checkpoint: str, models_dir: Path | None = None) -> Loade
         setup = make_setup(config)
         network = setup.build_generator()
         network.load_state_dict(weights)
-        return LoadedModel(config.name, network.eval(), setup.task, setup.norm, setup.channels,
-                           config.modalities, default_guards(setup.task.task))
+        return network_model(setup, network.eval())
     card = load_card(name_or_checkpoint, models_dir)
     if not card.learned:
         raise ValueError(f"model {card.name!r} is classical ({card.architecture}): it is a "
                          "baseline, evaluated alongside every learned model")
-    network = build_network(card.architecture, dict(card.parameters))
-    network.load_state_dict(load_file(str(verify_weights(card))))
-    params = dict(card.parameters)
-    channels = int(params.get("in_channels", 1)) if int(params.get("out_channels", 1)) == 1 else 1
-    return LoadedModel(card.name, network.eval(), Task.from_card(card.degradation),
-                       Normalisation.from_card(card.normalisation),
-                       channels, card.modalities, tuple(card.active_guards))
+    check_runnable(card)
+    network = build_model(card)
+    channels = int(getattr(network, "in_channels", 1))
+    return LoadedModel(card.name, network, Task.from_card(card.degradation),
+                       card.normalisation_spec, channels, card.modalities,
+                       tuple(card.active_guards), card=card)
 
 
 def evaluate(

@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from dicomnode.engine.cards import CARD_FILE, WEIGHTS_FILE, load_card
 from training.checkpoint import EVAL, HISTORY, ZOO_PREFIX, make_setup, read_checkpoint
 from training.config import REPO_ROOT, parse_config
+from training.tasks import normalisation_card
 
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -69,7 +70,7 @@ def export(
         "description": config.description or f"{config.architecture['name']} "
                                               f"{setup.task.task}",
         "architecture": {"name": config.architecture["name"], **params},
-        "normalisation": setup.norm.card(),
+        "normalisation": normalisation_card(setup.norm),
         "degradation": setup.task.card(),
         "training": _training_table(config, meta, history),
         "metrics": _metrics_table(evaluation, eval_path),

@@ -3,8 +3,8 @@
 The degradations themselves live in ``dicomnode.engine.degradations`` (the node's guards use the
 same code); this module reads a config's ``[degradation]`` table and applies them to series for
 evaluation and to random crops for training, and it knows which classical baselines each task
-must beat. Normalisation (how modality values become network inputs) is described here too,
-because the card must carry exactly what training did.
+must beat. A config's ``[normalisation]`` is read here into the card's spec
+(``dicomnode.engine.normalise``), the one schema the node and training share.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import numpy as np
 
 from dicomnode.engine import degradations as deg
 from dicomnode.engine.classical import bicubic_upscale, nl_means
+from dicomnode.engine.normalise import NormalisationSpec, parse_normalisation
 from training.data import SeriesData, random_crop, random_flip_rotate, stable_seed
 
 log = logging.getLogger(__name__)
@@ -33,76 +34,67 @@ class TaskError(ValueError):
     """A ``[degradation]`` or ``[normalisation]`` table is invalid; the message names the key."""
 
 
-@dataclass(frozen=True)
-class Normalisation:
-    """How modality values become network inputs; the output is mapped back the same way.
+LEGACY_NORMALISATION = {"linear": ("offset", "scale"),
+                        "percentile": ("low_percentile", "high_percentile")}
+"""Keys of the ``[normalisation]`` tables written before training spoke the card's schema
+(configs in ``training/configs`` and the config stored in older checkpoints)."""
 
-    ``percentile`` (MR, radiographs): x = (v - P_low) / (P_high - P_low), with the percentiles of
-    the *input* series (as the node sees it), so it works for any scanner's scaling.
-    ``linear`` (CT): x = (v - offset) / scale, e.g. HU / 1000, because HU already mean the same
-    everywhere.
+
+def read_normalisation(table: Mapping[str, Any] | None) -> NormalisationSpec:
+    """A config's ``[normalisation]`` as the card's spec (``dicomnode.engine.normalise``):
+    ``method = "hu"`` with ``low`` / ``high`` (a fixed window), or ``"percentile"`` with the
+    ``low`` / ``high`` percentiles of the input series (default 0.5 / 99.5).
+
+    Older tables are read into the same spec: ``method = "linear"`` with ``offset`` / ``scale``
+    is the window ``offset``..``offset + scale``; ``low_percentile`` / ``high_percentile`` are
+    ``low`` / ``high``. Training maps inputs and targets with the same (unclipped) map, so
+    ``clip`` is refused here.
     """
-
-    method: str = "percentile"
-    low_percentile: float = 0.5
-    high_percentile: float = 99.5
-    offset: float = 0.0
-    scale: float = 1000.0
-
-    @classmethod
-    def from_config(cls, table: Mapping[str, Any] | None) -> Normalisation:
-        table = dict(table or {})
-        method = table.pop("method", "percentile")
-        if method not in ("percentile", "linear"):
-            raise TaskError(f"normalisation.method = {method!r}: expected 'percentile' or "
-                            "'linear'")
-        allowed = {"low_percentile", "high_percentile", "offset", "scale"}
-        unknown = sorted(set(table) - allowed)
+    raw = dict(table or {})
+    method = raw.get("method", "percentile")
+    old_keys = {key for keys in LEGACY_NORMALISATION.values() for key in keys}
+    if method == "linear" or old_keys & set(raw):
+        legacy = LEGACY_NORMALISATION.get(method)
+        if legacy is None:
+            raise TaskError(f"normalisation.method = {method!r} with "
+                            f"{', '.join(sorted(old_keys & set(raw)))}: expected 'linear' "
+                            "(offset, scale) or 'percentile' (low_percentile, high_percentile)")
+        unknown = sorted(set(raw) - {"method", "note", *legacy})
         if unknown:
-            raise TaskError(f"normalisation.{unknown[0]}: unknown key (accepted: "
-                            f"method, {', '.join(sorted(allowed))})")
-        norm = cls(method=method, **{k: float(v) for k, v in table.items()})
-        if norm.method == "percentile" and not (
-            0 <= norm.low_percentile < norm.high_percentile <= 100
-        ):
-            raise TaskError("normalisation: expected 0 <= low_percentile < high_percentile <= 100")
-        if norm.method == "linear" and norm.scale <= 0:
-            raise TaskError(f"normalisation.scale = {norm.scale}: expected > 0")
-        return norm
+            raise TaskError(f"normalisation.{unknown[0]}: unknown key (accepted: method, "
+                            f"{', '.join(legacy)})")
+        if method == "linear":
+            offset, scale = float(raw.get("offset", 0.0)), float(raw.get("scale", 1000.0))
+            if scale <= 0:
+                raise TaskError(f"normalisation.scale = {scale}: expected > 0")
+            raw = {"method": "hu", "low": offset, "high": offset + scale}
+        else:
+            raw = {"method": "percentile", "low": raw.get("low_percentile", 0.5),
+                   "high": raw.get("high_percentile", 99.5)}
+    unknown = sorted(set(raw) - {"method", "low", "high", "note"})
+    if unknown:
+        raise TaskError(f"normalisation.{unknown[0]}: unknown key (accepted: method, low, high; "
+                        "clip is for the node only)")
+    if raw.get("method", "percentile") == "percentile":
+        raw = {"low": 0.5, "high": 99.5, **raw, "method": "percentile"}
+    if raw["method"] == "none":
+        raise TaskError("normalisation.method = 'none': a network needs inputs in a known "
+                        "range; use 'hu' (CT) or 'percentile'")
+    spec, problems = parse_normalisation(raw)
+    if problems:
+        raise TaskError("; ".join(problems))
+    return spec
 
-    @classmethod
-    def from_card(cls, table: Mapping[str, Any]) -> Normalisation:
-        """The inverse of ``card``: read a model card's [normalisation] (node schema)."""
-        method = table.get("method", "percentile")
-        if method == "hu":
-            low, high = float(table["low"]), float(table["high"])
-            return cls(method="linear", offset=low, scale=high - low)
-        if method == "percentile":
-            return cls(method="percentile", low_percentile=float(table.get("low", 0.5)),
-                       high_percentile=float(table.get("high", 99.5)))
-        raise TaskError(f"normalisation.method = {method!r} in the card: expected 'percentile' "
-                        "or 'hu'")
 
-    def params(self, input_series: np.ndarray) -> tuple[float, float]:
-        """(offset, scale) for this input series: x = (v - offset) / scale."""
-        if self.method == "linear":
-            return self.offset, self.scale
-        sample = input_series
-        if sample.ndim == 3 and len(sample) > 16:  # bounded cost on long series
-            sample = sample[np.linspace(0, len(sample) - 1, 16).round().astype(int)]
-        low, high = np.percentile(sample, [self.low_percentile, self.high_percentile])
-        return float(low), float(max(high - low, 1e-6))
-
-    def card(self) -> dict[str, Any]:
-        # The card speaks the node's schema (dicomnode.engine.normalise): "hu" low..high -> 0..1 is
-        # this linear map; "percentile" names its low / high percentiles.
-        if self.method == "linear":
-            return {"method": "hu", "low": self.offset, "high": self.offset + self.scale,
-                    "note": "x = (v - low) / (high - low) on modality values; output mapped back"}
-        return {"method": "percentile", "low": self.low_percentile,
-                "high": self.high_percentile,
-                "note": "x = (v - P_low) / (P_high - P_low), percentiles of the input series "
-                        "(up to 16 evenly spaced slices); output mapped back"}
+def normalisation_card(spec: NormalisationSpec) -> dict[str, Any]:
+    """The card's ``[normalisation]`` table for ``spec``, with a note in words."""
+    note = ("x = (v - low) / (high - low) on modality values; output mapped back"
+            if spec.method == "hu" else
+            "x = (v - P_low) / (P_high - P_low), percentiles of the input series (up to 16 "
+            "evenly spaced slices); output mapped back")
+    table = spec.table()
+    table.pop("clip", None)  # training never clips (read_normalisation refuses it)
+    return {**table, "note": note}
 
 
 def _pair(table: Mapping[str, Any], key: str, default: tuple[float, float]) -> tuple[float, float]:

@@ -16,7 +16,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
 
-from dicomnode.engine.guards import default_guards
+from dicomnode.engine.volume import sample_indices
 from dicomnode.errors import ConfigError
 from dicomnode.nets import build_network
 from training import losses
@@ -53,9 +53,8 @@ from training.data import (
     split_by_patient,
     stable_seed,
 )
-from training.evaluate import guarded, node_inputs, restore_padding
+from training.evaluate import network_model, node_inputs, restore_padding
 from training.metrics import average, series_metrics
-from training.predict import autocast, predict_series
 from training.tasks import padding_edge_weights
 
 log = logging.getLogger(__name__)
@@ -108,6 +107,14 @@ def lr_factor(schedule: dict[str, Any], iteration: int, total: int,
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def autocast(device: torch.device, amp: str) -> torch.autocast | nullcontext[None]:
+    """bf16/fp16 autocast on ``device`` for a training step, or nothing for ``amp = "none"``."""
+    if amp == "none":
+        return nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
 # --- batches ------------------------------------------------------------------------------------
 
 class BatchSampler:
@@ -129,21 +136,23 @@ class BatchSampler:
         self._stats: dict[tuple[str, float], tuple[float, float]] = {}
 
     def input_params(self, series: SeriesData, level: float) -> tuple[float, float]:
-        """Normalisation of the degraded series at (the grid level nearest) ``level``."""
+        """(offset, span) of the degraded series at (the grid level nearest) ``level``: the
+        card's normalisation from the slices the node samples (``engine.volume``)."""
         norm, task = self.setup.norm, self.setup.task
-        if norm.method == "linear":
-            return norm.offset, norm.scale
+        if not norm.needs_series:
+            fixed = norm.for_series([])
+            return fixed.low, fixed.high - fixed.low
         key = (series.key, task.stats_level(level))
         if key not in self._stats:
-            n = len(series.slices)
-            picks = np.linspace(0, n - 1, min(n, 16)).round().astype(int)
+            picks = sample_indices(len(series.slices))
             subset = SeriesData(series.patient_id, series.series_uid, series.modality,
                                 series.folder, series.slices[picks], series.pixel_spacing,
                                 series.photometric)
             subset._percentiles.update({99: series.percentile(99), 0: series.percentile(0),
                                         100: series.percentile(100)})
             rng = np.random.default_rng(stable_seed("stats", series.key, key[1]))
-            self._stats[key] = norm.params(task.degrade_series(subset, key[1], rng))
+            normaliser = norm.for_series(list(task.degrade_series(subset, key[1], rng)))
+            self._stats[key] = (normaliser.low, normaliser.high - normaliser.low)
         return self._stats[key]
 
     def batch(self, rng: np.random.Generator, size: int
@@ -191,7 +200,6 @@ class Validator:
         self.cases: list[tuple[float, np.ndarray, np.ndarray, np.ndarray | None,
                                dict[str, dict[str, float]]]] = []
         limit = int(setup.config.data["val_max_slices"])
-        self.guards = default_guards(setup.task.task)  # as the node will run the model
         for s in series:
             n = len(s.slices)
             picks = np.linspace(0, n - 1, min(n, limit)).round().astype(int)
@@ -215,10 +223,8 @@ class Validator:
             for lv, inputs, ref, mask, base in self.cases:
                 if lv != level:
                     continue
-                pred = predict_series(model, inputs, self.setup.norm, scale=self.setup.scale,
-                                      channels=self.setup.channels, device=device, amp=amp)
-                pred = restore_padding(guarded(self.guards, pred, inputs, self.setup.task), ref,
-                                       mask)
+                pred = restore_padding(network_model(self.setup, model).predict(
+                    inputs, device=str(device), amp=amp), ref, mask)
                 per_series.append({**base, **series_metrics(ref, {"model": pred})})
             if per_series:
                 out[str(level)] = average(per_series)
@@ -433,10 +439,9 @@ def _train(config: TrainConfig, resume: bool, progress: bool, stop_after: int | 
 def final_evaluation(setup: Setup, generator: nn.Module, val_series: list[SeriesData],
                      out: Path, device: torch.device, amp: str, progress: bool) -> None:
     """The full SPEC section 8 evaluation on the validation split, for the card."""
-    from training.evaluate import LoadedModel, evaluate, summary_lines
+    from training.evaluate import evaluate, summary_lines
 
-    model = LoadedModel(setup.config.name, generator, setup.task, setup.norm, setup.channels,
-                        setup.config.modalities, default_guards(setup.task.task))
+    model = network_model(setup, generator)
     result = evaluate(model, val_series, out / "panels", device=str(device), amp=amp,
                       progress=progress)
     result["validation_data"] = sorted({str(s.folder) for s in val_series})

@@ -181,18 +181,29 @@ def load_network_enhancer(card: ModelCard, device: str = "auto", precision: str 
     ``precision = "auto"`` on a CPU, for a card that validated bf16, times this network on one
     CPU pass in fp32 and bf16 (:func:`dicomnode.engine.devices.measured_cpu_precision`).
     """
+    network = build_model(card)
+    enhancer = network_enhancer(card, network, device, precision, tile, overlap, batch_size)
+    event(log, "model_loaded", model=card.name, version=card.version,
+          architecture=card.architecture, device=str(enhancer.device),
+          precision=enhancer.precision, guards=",".join(card.active_guards) or "none")
+    return enhancer
+
+
+def network_enhancer(card: ModelCard, network: nn.Module, device: str = "auto",
+                     precision: str = "auto", tile: int | None = DEFAULT_TILE,
+                     overlap: int = DEFAULT_OVERLAP, batch_size: int = 8) -> NetworkEnhancer:
+    """The enhancer of a network already built and loaded: the zoo's models (through
+    :func:`load_network_enhancer`) and training's in-memory networks (validation during a run,
+    checkpoints) run through this one function, so both give the same pixels."""
     if batch_size < 1 or overlap < 0 or (tile is not None and tile < 1):
         raise ModelError(f"model {card.name!r}: batch_size {batch_size}, tile {tile} and overlap "
                          f"{overlap} must be >= 1, >= 1 (or none) and >= 0")
+    _check_matches_card(card, network)
     target = resolve_device(device)
-    network = build_model(card)
-    network.to(device=target, memory_format=torch.channels_last)
+    network.eval().to(device=target, memory_format=torch.channels_last)
     chosen = choose_precision(precision, target, card.precisions,
                               probe=precision_probe(network, target),
                               probe_key=precision_key(card))
-    event(log, "model_loaded", model=card.name, version=card.version,
-          architecture=card.architecture, device=str(target), precision=chosen,
-          guards=",".join(card.active_guards) or "none")
     return NetworkEnhancer(card, network, target, chosen, tile, overlap, batch_size)
 
 

@@ -60,6 +60,12 @@ class NormalisationSpec:
         """True when the map depends on the series' values (a first pass is needed)."""
         return self.method == "percentile"
 
+    def table(self) -> dict[str, Any]:
+        """The card's ``[normalisation]`` table for this spec (what training exports)."""
+        if self.method == "none":
+            return {"method": "none"}
+        return {"method": self.method, "low": self.low, "high": self.high, "clip": self.clip}
+
     def for_series(self, samples: Sequence[np.ndarray]) -> Normaliser:
         """The map for a series, from ``samples`` (slices of it in modality values)."""
         if self.method == "none":

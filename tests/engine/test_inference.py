@@ -206,18 +206,6 @@ def test_every_family_gets_a_border_but_a_k_space_base() -> None:
     assert image_border(k_space) == 0
 
 
-def test_the_evaluation_gives_a_network_the_same_edges_as_the_node() -> None:
-    from training.predict import predict_series
-    from training.tasks import Normalisation
-
-    net = tiny("dncnn")
-    x = images(3, 48, 40).astype(np.float64) * 1000.0
-    norm = Normalisation(method="linear", offset=0.0, scale=1000.0)
-    evaluated = predict_series(net, x, norm)
-    node = infer(x / 1000.0, net, tile=None, border=image_border(net)) * 1000.0
-    np.testing.assert_allclose(evaluated, node, atol=1e-2)
-
-
 def test_wrong_channel_count_is_refused() -> None:
     with pytest.raises(ValueError, match="in_channels = 3"):
         infer(images(2, 16, 16), tiny("dncnn", in_channels=3))

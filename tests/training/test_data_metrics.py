@@ -9,6 +9,7 @@ import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from dicomnode.engine.degradations import kspace_truncate, zero_filled
+from dicomnode.engine.normalise import NormalisationSpec
 from tests.conftest import ENHANCED_MR_DIR, MR_DIR
 from training.data import (
     SeriesData,
@@ -19,7 +20,7 @@ from training.data import (
     split_by_patient,
 )
 from training.metrics import average, beats, foreground, psnr, series_metrics, ssim
-from training.tasks import Normalisation, Task, TaskError
+from training.tasks import Task, TaskError, normalisation_card, read_normalisation
 
 
 def test_enhanced_multi_frame_loads_as_slices_in_stack_order():
@@ -181,14 +182,23 @@ def test_an_inverted_radiograph_gets_its_noise_in_the_same_places():
         inverted(SeriesData("P1", "1.2.3", "CR", Path("."), ramp[None], photometric="RGB"))
 
 
-def test_normalisation_uses_the_input_series():
+def test_normalisation_is_the_cards_schema():
     series = np.linspace(0, 1000, 4 * 10 * 10).reshape(4, 10, 10)
-    offset, span = Normalisation(low_percentile=0, high_percentile=100).params(series)
-    assert (offset, span) == (0.0, 1000.0)
-    assert Normalisation.from_config({"method": "linear", "scale": 1000}).params(series) == (
-        0.0, 1000.0)
+    spec = read_normalisation({"method": "percentile", "low": 0, "high": 100})
+    assert spec == NormalisationSpec("percentile", 0.0, 100.0)
+    normaliser = spec.for_series(list(series))  # the input series' own percentiles
+    assert (normaliser.low, normaliser.high) == (0.0, 1000.0)
+    # tables written before the card's schema read as the same spec
+    assert read_normalisation({"method": "linear", "scale": 1000}) == NormalisationSpec(
+        "hu", 0.0, 1000.0)
+    assert read_normalisation({"method": "percentile", "low_percentile": 1,
+                               "high_percentile": 99}) == NormalisationSpec("percentile", 1, 99)
+    assert normalisation_card(read_normalisation({"method": "hu", "low": -1024,
+                                                  "high": 3071}))["high"] == 3071
     with pytest.raises(TaskError, match=r"normalisation\.bogus"):
-        Normalisation.from_config({"bogus": 1})
+        read_normalisation({"bogus": 1})
+    with pytest.raises(TaskError, match=r"normalisation\.clip"):
+        read_normalisation({"method": "hu", "low": 0, "high": 1, "clip": True})
 
 
 def test_metrics_match_scikit_image(mr_patients: Path):
