@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from dicomnode.scu import backoff, classify_status
 from dicomnode.spool import Spool
 from dicomnode.structure import InstanceHeader, parse_header
 from tests.conftest import MR_DIR
@@ -108,19 +107,6 @@ def test_purge_respects_retention(spool: Spool):
     assert spool.purge(retention_hours=1, now=200 + 3599) == {"series": 0, "jobs": 0}
     assert spool.purge(retention_hours=1, now=200 + 3601) == {"series": 1, "jobs": 0}
     assert not spool.instance_path(SERIES, f"{SERIES}.1").exists()
-
-
-@pytest.mark.parametrize(("code", "expected"), [
-    (0x0000, (True, False)), (0xB000, (True, False)), (0xA700, (False, True)),
-    (0xA7FF, (False, True)), (0xA900, (False, False)), (0xC000, (False, False)),
-    (0x0122, (False, False)),
-])
-def test_status_classification(code: int, expected: tuple[bool, bool]):
-    assert classify_status(code) == expected
-
-
-def test_backoff_doubles_from_5s_to_10min():
-    assert [backoff(n) for n in range(1, 10)] == [5, 10, 20, 40, 80, 160, 320, 600, 600]
 
 
 def test_files_whose_index_rows_were_lost_are_reindexed(spool: Spool):
