@@ -22,6 +22,8 @@ from dicomnode.config import (
     NodeConfig,
     TlsConfig,
     WorkerConfig,
+    check_files,
+    is_loopback,
     load_config,
     parse_config,
 )
@@ -790,3 +792,28 @@ def test_check_config_reports_an_unusable_file(
     assert code == 1
     assert out == ""
     assert f"dicomnode check-config: {path}: 1 problem(s):\n  - {expected}" in err
+
+
+@pytest.mark.parametrize(("host", "loopback"), [
+    ("127.0.0.1", True), ("127.1.2.3", True), ("::1", True), ("localhost", True),
+    ("0.0.0.0", False), ("192.0.2.10", False), ("node.example.org", False)])
+def test_loopback_hosts(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+def test_off_loopback_needs_a_token_file() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"http": {"host": "0.0.0.0"}})
+    assert info.value.problems[0].startswith("http.token_file: required when http.host is not")
+    config = parse_config({"http": {"host": "0.0.0.0", "token_file": "t", "show_phi": True}})
+    assert config.http.token_file == Path("t") and config.http.show_phi
+    assert not parse_config({}).http.show_phi  # names stay hidden by default
+
+
+def test_token_file_must_be_private(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    config = parse_config({"http": {"token_file": str(token)}})
+    assert check_files(config) == [f"http.token_file: file {token} does not exist"]
+    token.write_text("x\n")
+    token.chmod(0o640)
+    assert check_files(config) == []

@@ -1,82 +1,81 @@
-"""[http] keys (token_file off loopback, show_phi) and the thumbnail renderer's pieces."""
+"""The HTTP server (dicomnode.http) on loopback: endpoints, status codes, the token check."""
 
 from __future__ import annotations
 
-import io
+import http.client
+import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
-from pydicom.dataset import Dataset
 
-from dicomnode.config import check_files, is_loopback, parse_config
-from dicomnode.errors import ConfigError
-from dicomnode.status_page import is_phi
-from dicomnode.thumbnails import encode_png, window
+from dicomnode.config import parse_config
+from dicomnode.http import COOKIE, StatusServer, session_value
 
-
-@pytest.mark.parametrize(("host", "loopback"), [
-    ("127.0.0.1", True), ("127.1.2.3", True), ("::1", True), ("localhost", True),
-    ("0.0.0.0", False), ("192.0.2.10", False), ("node.example.org", False)])
-def test_loopback_hosts(host: str, loopback: bool) -> None:
-    assert is_loopback(host) is loopback
+TOKEN = "s3cret-token"
+Serve = Callable[..., StatusServer]
 
 
-def test_off_loopback_needs_a_token_file() -> None:
-    with pytest.raises(ConfigError) as info:
-        parse_config({"http": {"host": "0.0.0.0"}})
-    assert info.value.problems[0].startswith("http.token_file: required when http.host is not")
-    config = parse_config({"http": {"host": "0.0.0.0", "token_file": "t", "show_phi": True}})
-    assert config.http.token_file == Path("t") and config.http.show_phi
-    assert not parse_config({}).http.show_phi  # names stay hidden by default
+def _server(tmp_path: Path, healthy: bool, token: bool) -> StatusServer:
+    table = {"node": {"storage_dir": str(tmp_path / "var")}}
+    if token:
+        (tmp_path / "token").write_text(TOKEN + "\n")
+        table["http"] = {"token_file": str(tmp_path / "token")}
+    return StatusServer("127.0.0.1", 0, health=lambda: {"ok": healthy, "checks": {}},
+                        metrics=lambda: b"dicomnode_up 1\n",
+                        series=lambda: [{"series_uid": "1.2.3", "state": "received"}],
+                        config=parse_config(table))
 
 
-def test_token_file_must_be_private(tmp_path: Path) -> None:
-    token = tmp_path / "token"
-    config = parse_config({"http": {"token_file": str(token)}})
-    assert check_files(config) == [f"http.token_file: file {token} does not exist"]
-    token.write_text("x\n")
-    token.chmod(0o640)
-    assert check_files(config) == []
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Serve]:
+    started: list[StatusServer] = []
+
+    def start(healthy: bool = True, token: bool = False) -> StatusServer:
+        server = _server(tmp_path, healthy, token)
+        server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
 
 
-def test_png_round_trip() -> None:
-    image = (np.arange(12 * 7, dtype=np.uint16) * 3 % 256).astype(np.uint8).reshape(12, 7)
-    with Image.open(io.BytesIO(encode_png(image))) as decoded:
-        assert decoded.mode == "L" and decoded.size == (7, 12)
-        assert np.array_equal(np.asarray(decoded), image)
+def _get(server: StatusServer, path: str, headers: dict[str, str] | None = None
+         ) -> tuple[int, dict[str, str], bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        connection.request("GET", path, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
 
 
-def test_window_from_header_else_percentiles() -> None:
-    ds = Dataset()
-    ds.WindowCenter, ds.WindowWidth = [40, 400], [80, 2000]
-    assert window(ds, np.zeros((4, 4))) == (0.0, 80.0)
-    values = np.arange(101, dtype=np.float32)
-    assert window(Dataset(), values) == (1.0, 99.0)
+def test_healthz_answers_503_when_the_node_is_unhealthy(serve: Serve) -> None:
+    status, _, body = _get(serve(healthy=True), "/healthz")
+    assert status == 200 and json.loads(body)["ok"] is True
+    status, _, body = _get(serve(healthy=False), "/healthz")
+    assert status == 503 and json.loads(body)["ok"] is False
 
 
-def test_patient_attributes_count_as_phi() -> None:
-    assert is_phi("PatientName") and is_phi("OtherPatientIDsSequence")
-    assert is_phi("AccessionNumber") and not is_phi("Modality")
+def test_metrics_and_series_endpoints(serve: Serve) -> None:
+    server = serve()
+    status, headers, body = _get(server, "/metrics")
+    assert status == 200 and body == b"dicomnode_up 1\n"
+    assert headers["Content-Type"].startswith("text/plain")
+    status, _, body = _get(server, "/api/series")
+    assert status == 200 and json.loads(body) == [{"series_uid": "1.2.3", "state": "received"}]
+    assert _get(server, "/no/such/page")[0] == 404
 
 
-def test_the_after_thumbnail_is_never_a_difference_object(tmp_path: Path) -> None:
-    """Difference objects share InstanceNumber with their enhanced twins; the status page's
-    "after" must be the enhanced image."""
-    import pydicom
-
-    from dicomnode.cli import main
-    from dicomnode.thumbnails import middle_pair
-    from tests.conftest import CT_TILT_DIR
-
-    out = tmp_path / "out"
-    assert main(["enhance", str(CT_TILT_DIR), str(out), "--model", "nlm-denoise", "--difference",
-                 "--no-progress"]) == 0
-    derived = sorted(out.rglob("*.dcm"))
-    kinds = {tuple(pydicom.dcmread(p, stop_before_pixels=True).ImageType) for p in derived}
-    assert any("DIFFERENCE" in k for k in kinds)  # both kinds were written
-    sources = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p
-               for p in CT_TILT_DIR.glob("*.dcm")}
-    pair = middle_pair(derived, sources)
-    assert "DIFFERENCE" not in pydicom.dcmread(pair.derived, stop_before_pixels=True).ImageType
+def test_a_token_guards_everything_but_healthz(serve: Serve) -> None:
+    server = serve(token=True)
+    status, headers, _ = _get(server, "/api/series")
+    assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer")
+    assert _get(server, "/api/series", {"Authorization": "Bearer wrong"})[0] == 401
+    assert _get(server, "/api/series", {"Authorization": f"Bearer {TOKEN}"})[0] == 200
+    assert _get(server, "/api/series", {"Cookie": f"{COOKIE}={session_value(TOKEN)}"})[0] == 200
+    assert _get(server, "/api/series", {"Cookie": f"{COOKIE}={TOKEN}"})[0] == 401  # not the token
+    assert _get(server, "/healthz")[0] == 200  # the load balancer's check needs no token
