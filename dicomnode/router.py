@@ -25,11 +25,20 @@ NO_RULE = "no rule matches"
 
 
 def route_stable_series(config: Config, spool: Spool, now: float | None = None) -> int:
-    """Route every series that has gone quiet; returns how many were routed."""
+    """Route every series that has gone quiet; returns how many were routed.
+
+    A series whose routing fails is logged with the error and left stable, to be tried again
+    on the next pass; the series after it are routed all the same.
+    """
     now = time.time() if now is None else now
     routed = 0
     for series_uid in spool.stable_series(config.node.series_idle_seconds, now):
-        route_series(config, spool, series_uid, now)
+        try:
+            route_series(config, spool, series_uid, now)
+        except Exception as exc:  # one series (a bug, a full disk) must not stop the others
+            event(log, "series_route_failed", logging.ERROR, series_uid=series_uid,
+                  error=type(exc).__name__, reason=str(exc)[:300])
+            continue
         routed += 1
     return routed
 
@@ -62,6 +71,9 @@ def _first_header(spool: Spool, series_uid: str) -> Dataset | None:
             for _ in header.iterall():  # convert every value now, not inside a rule's match:
                 pass                    # one that raised there stopped routing for all series
             return header
-        except Exception:  # a damaged file: try the next instance
-            continue
+        except Exception as exc:  # a damaged file (pydicom raises many kinds): try the next one
+            # the exception's text may quote received values (names): its type only
+            event(log, "instance_unreadable", logging.WARNING, series_uid=series_uid,
+                  file=path.name, error=type(exc).__name__,
+                  reason="its header cannot be read or converted; trying the next instance")
     return None
