@@ -10,7 +10,7 @@ import difflib
 import ipaddress
 import re
 import tomllib
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -325,24 +325,31 @@ def _parse_worker(c: _Checker, t: Mapping[str, Any]) -> WorkerConfig:
     )
 
 
-def _parse_destinations(c: _Checker, raw: Any, node: NodeConfig) -> tuple[Destination, ...]:
+def _named_tables(c: _Checker, raw: Any, key: str, what: str
+                  ) -> Iterator[tuple[str, Mapping[str, Any], str | None]]:
+    """Each table of the array of tables ``[[key]]`` with its key path and its ``name``
+    (required, checked, unique among them; None when invalid). Tables that are not tables,
+    or a ``key`` that is not an array of tables, are problems and yield nothing."""
     if not isinstance(raw, list):
-        c.problems.append(
-            f"destinations: expected an array of tables [[destinations]], got {raw!r}"
-        )
-        return ()
-    result: list[Destination] = []
+        c.problems.append(f"{key}: expected an array of tables [[{key}]], got {raw!r}")
+        return
     seen: set[str] = set()
     for i, t in enumerate(raw):
-        p = f"destinations[{i}]"
+        p = f"{key}[{i}]"
         if not isinstance(t, dict):
             c.problems.append(f"{p}: expected a table, got {t!r}")
             continue
         name = c.get(t, "name", p, str, None, _name_problem, required=True)
         if name is not None:
             if name in seen:
-                c.problems.append(f"{p}.name: duplicate destination name {name!r}")
+                c.problems.append(f"{p}.name: duplicate {what} name {name!r}")
             seen.add(name)
+        yield p, t, name
+
+
+def _parse_destinations(c: _Checker, raw: Any, node: NodeConfig) -> tuple[Destination, ...]:
+    result: list[Destination] = []
+    for p, t, name in _named_tables(c, raw, "destinations", "destination"):
         # an invalid type gets no type-specific checks: they would only add spurious problems
         kind = c.get(t, "type", p, str, None if "type" in t else "dicom",
                      lambda v: None if v in DESTINATION_TYPES
@@ -389,23 +396,10 @@ def _parse_rules(
     destination_names: set[str],
     model_names: Collection[str] | None,
 ) -> tuple[Rule, ...]:
-    if not isinstance(raw, list):
-        c.problems.append(f"rules: expected an array of tables [[rules]], got {raw!r}")
-        return ()
     result: list[Rule] = []
-    seen: set[str] = set()
-    for i, t in enumerate(raw):
-        p = f"rules[{i}]"
-        if not isinstance(t, dict):
-            c.problems.append(f"{p}: expected a table, got {t!r}")
-            continue
+    for p, t, name in _named_tables(c, raw, "rules", "rule"):
         c.known_keys(t, p, ("name", "match", "model", "destinations", "series_description_suffix",
                             "outputs"))
-        name = c.get(t, "name", p, str, None, _name_problem, required=True)
-        if name is not None:
-            if name in seen:
-                c.problems.append(f"{p}.name: duplicate rule name {name!r}")
-            seen.add(name)
         model = c.get(t, "model", p, str, None, _non_empty, required=True)
         if model is not None and model_names is not None and model not in model_names:
             c.problems.append(
