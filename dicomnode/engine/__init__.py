@@ -2,9 +2,10 @@
 
 Cards (``cards``), normalisation (``normalise``), devices and precision (``devices``,
 ``choices``), tiled batched inference (``inference``), safety guards (``guards``), the
-degradations the guards and training share (``degradations``), and the two kinds of method
-(``learned``, ``classical``). The node's worker, ``dicomnode enhance`` and the training
-module's evaluation all load models through :func:`load`, so a card runs one way everywhere.
+degradations the guards and training share (``degradations``), the two kinds of method
+(``learned``, ``classical``) and a series held in memory through a method (``volume``). The
+node's worker, ``dicomnode enhance`` and the training module's evaluation all load models
+through :func:`load` or its parts, so a card runs one way everywhere.
 Imports point into this folder only: nothing here imports the server or ``training``.
 
 Importing this package loads nothing but this file (the loaders are imported on use), so the

@@ -1,14 +1,17 @@
 """Input normalisation as the model card says: modality values <-> the network's range.
 
 A network only works on intensities scaled the way its training data were, so the card states it
-(SPEC section 6) and training uses this same module:
+(SPEC section 6), and this is the one schema: training reads its config's ``[normalisation]``
+into a :class:`NormalisationSpec` (``training.tasks.read_normalisation``), trains with the map it
+makes and exports :meth:`NormalisationSpec.table` to the card.
 
 - ``method = "hu"``: CT in a fixed Hounsfield window, ``low``..``high`` -> 0..1 (the scale is the
   same for every series, so HU keep their meaning);
 - ``method = "percentile"``: MR and radiographs, whose values have no absolute scale: the
   ``low`` and ``high`` percentiles of the *series* -> 0..1. Per series, not per slice, so that
-  slices of one series keep their relative brightness; computed on a subsample of slices before
-  the series is processed in chunks;
+  slices of one series keep their relative brightness; computed on up to 16 evenly spaced slices
+  (``engine.volume.sample_indices``, the same in the node and in training) before the series is
+  processed in chunks;
 - ``method = "none"``: modality values as they are (classical algorithms).
 
 Outputs are mapped back with the inverse; clipping to the stored range happens when pixels are
