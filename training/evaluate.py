@@ -93,14 +93,11 @@ def guard_settings(task: str, guards: tuple[str, ...]) -> dict[str, bool]:
 def in_memory_card(model: LoadedModel) -> ModelCard:
     """The card export would write for ``model`` (without metrics), its sha256 that of the
     network's weights as they are now."""
-    norm = model.norm
-    # A run started before the card's schema was training's (read from that run's config)
-    table = norm.table() if isinstance(norm, NormalisationSpec) else norm.card()
     state = {k: v.detach().cpu().contiguous() for k, v in model.network.state_dict().items()}
     return ModelCard(
         name=model.name, version="in-memory", task=model.task.task, scale=model.task.scale,
         modalities=tuple(model.modalities), description="a network in training or a checkpoint",
-        architecture=type(model.network).__name__, parameters={}, normalisation=table,
+        architecture=type(model.network).__name__, parameters={}, normalisation=model.norm.table(),
         degradation=model.task.card(), training={}, metrics={},
         guards=guard_settings(model.task.task, model.guards),
         weights_sha256=hashlib.sha256(save_safetensors(state)).hexdigest(),
