@@ -142,6 +142,9 @@ def _status(args: argparse.Namespace) -> int:
     spool = _open_index(args)
     try:
         status = spool.status()
+        cluster = _cluster_status(_load(args))
+        if cluster is not None:
+            status["cluster"] = cluster
         if args.json:
             status["series_list"] = spool.series_list()
             print(json.dumps(status, indent=2, default=str))
@@ -159,7 +162,30 @@ def _status(args: argparse.Namespace) -> int:
         print(f"destination {name}: {line}" + (f"; last error: {error}" if error else ""))
     for failed in status["failed_jobs"]:
         print(f"failed: series {failed['series_uid']} rule {failed['rule']}: {failed['error']}")
+    if cluster is not None:
+        print(_cluster_line(cluster))
     return EXIT_OK
+
+
+def _cluster_status(config: Config) -> dict | None:
+    """``[cluster] engine = "ray"``: the state the running node last wrote (or that it has
+    written none yet)."""
+    if config.cluster.engine != "ray":
+        return None
+    from dicomnode.cluster import read_status
+
+    return read_status(config.node.storage_dir) or {
+        "engine": "ray", "address": config.cluster.address, "up": False,
+        "reason": "no cluster status written yet: is the node running?"}
+
+
+def _cluster_line(cluster: dict) -> str:
+    where = f"cluster: ray at {cluster.get('address')}"
+    if cluster.get("up"):
+        return (f"{where}: up, {cluster.get('alive', 0)}/{cluster.get('replicas', 0)} model "
+                f"replicas alive, {cluster.get('failovers', 0)} call(s) sent to another replica")
+    return (f"{where}: DOWN ({cluster.get('reason') or 'unknown'}); queued jobs wait for it, "
+            "the node keeps receiving")
 
 
 def _retry(args: argparse.Namespace) -> int:
@@ -197,6 +223,13 @@ def _check_config(args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"  - {problem}", file=sys.stderr)
         return EXIT_ERROR
+    if config.cluster.engine == "ray":
+        from dicomnode.cluster import reachable
+
+        unreachable = reachable(config.cluster.address)
+        if unreachable is not None:  # a warning: the node runs and queues jobs meanwhile
+            print(f"dicomnode check-config: warning: cluster.address: {unreachable}; "
+                  "jobs stay queued until the cluster answers", file=sys.stderr)
     print(f"{args.config}: OK ({len(config.destinations)} destination(s), "
           f"{len(config.rules)} rule(s))")
     return EXIT_OK

@@ -86,6 +86,14 @@ class WorkerConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Where inference runs (SPEC section 10): the node's own worker threads, or Ray actors."""
+
+    engine: str = "local"  # local | ray
+    address: str = "auto"  # with engine = "ray": "auto" (this machine's Ray) or "host:port"
+
+
+@dataclass(frozen=True)
 class Destination:
     name: str
     type: str
@@ -146,6 +154,7 @@ class Config:
     destinations: tuple[Destination, ...] = ()
     rules: tuple[Rule, ...] = ()
     source: Path | None = None
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def destination(self, name: str) -> Destination:
         for destination in self.destinations:
@@ -178,17 +187,18 @@ def parse_config(
 ) -> Config:
     """Build a Config from an already-parsed TOML document (see load_config)."""
     checker = _Checker()
-    checker.known_keys(raw, "", ("node", "http", "worker", "destinations", "rules"))
+    checker.known_keys(raw, "", ("node", "http", "worker", "cluster", "destinations", "rules"))
     node = _parse_node(checker, checker.table(raw, "node", ""))
     http = _parse_http(checker, checker.table(raw, "http", ""))
     worker = _parse_worker(checker, checker.table(raw, "worker", ""))
+    cluster = _parse_cluster(checker, checker.table(raw, "cluster", ""))
     destinations = _parse_destinations(checker, raw.get("destinations", []), node)
     rules = _parse_rules(
         checker, raw.get("rules", []), _declared_names(raw.get("destinations", [])), model_names
     )
     if checker.problems:
         raise ConfigError(checker.problems, str(source) if source else "config")
-    return Config(node, http, worker, destinations, rules, source)
+    return Config(node, http, worker, destinations, rules, source, cluster)
 
 
 def _parse_node(c: _Checker, t: Mapping[str, Any]) -> NodeConfig:
@@ -323,6 +333,40 @@ def _parse_worker(c: _Checker, t: Mapping[str, Any]) -> WorkerConfig:
         tile_size=c.integer(t, "tile_size", "worker", d.tile_size, 32, 16384),
         workers=c.integer(t, "workers", "worker", d.workers, 1, 256),
     )
+
+
+CLUSTER_ENGINES = ("local", "ray")
+
+
+def _parse_cluster(c: _Checker, t: Mapping[str, Any]) -> ClusterConfig:
+    d = ClusterConfig()
+    c.known_keys(t, "cluster", ("engine", "address"))
+    engine = c.get(t, "engine", "cluster", str, d.engine,
+                   lambda v: None if v in CLUSTER_ENGINES
+                   else f"expected one of {', '.join(CLUSTER_ENGINES)}")
+    address = c.get(t, "address", "cluster", str, d.address, _ray_address_problem)
+    if engine == "ray" and not ray_installed():
+        c.problems.append(
+            "cluster.engine: \"ray\" needs the Ray package, which is not installed in this "
+            "Python; run pip install 'dicomnode[cluster]' (or set engine = \"local\")")
+    return ClusterConfig(engine=engine, address=address)
+
+
+def ray_installed() -> bool:
+    """Whether ``import ray`` would work, without importing it (a second of start-up)."""
+    import importlib.util
+
+    return importlib.util.find_spec("ray") is not None
+
+
+def _ray_address_problem(value: str) -> str | None:
+    if value == "auto":
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not host.strip() or not port.isdigit() or not 1 <= int(port) <= 65535:
+        return ("expected \"auto\" (the Ray cluster this machine joined with ray start) or "
+                "\"host:port\" of the cluster's head (the port of ray start --head --port)")
+    return None
 
 
 def _named_tables(c: _Checker, raw: Any, key: str, what: str

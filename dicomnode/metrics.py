@@ -19,7 +19,8 @@ from dicomnode.spool import SERIES_STATES
 class Metrics:
     """One registry per node (tests run several nodes in one process)."""
 
-    def __init__(self, status: Callable[[], dict]) -> None:
+    def __init__(self, status: Callable[[], dict],
+                 cluster: Callable[[], dict] | None = None) -> None:
         self.registry = CollectorRegistry()
         self.instances_received = Counter(
             "dicomnode_instances_received", "Instances stored by the SCP", registry=self.registry)
@@ -35,6 +36,8 @@ class Metrics:
             "dicomnode_send_failures", "Failed sends (each retry counts)",
             ["destination", "kind"], registry=self.registry)
         self.registry.register(_IndexCollector(status))
+        if cluster is not None:
+            self.registry.register(_ClusterCollector(cluster))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -67,3 +70,25 @@ class _IndexCollector(Collector):
             for index in range(torch.cuda.device_count()):
                 gpu.add_metric([f"cuda:{index}"], torch.cuda.memory_allocated(index))
         yield gpu
+
+
+class _ClusterCollector(Collector):
+    """``[cluster] engine = "ray"``: whether a model replica can take work, and how many."""
+
+    def __init__(self, status: Callable[[], dict]) -> None:
+        self.status = status
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        status = self.status()
+        yield GaugeMetricFamily("dicomnode_cluster_up",
+                                "1 when a model replica on the Ray cluster can take work",
+                                value=1 if status.get("up") else 0)
+        replicas = GaugeMetricFamily("dicomnode_cluster_replicas", "Model replicas by state",
+                                     labels=["state"])
+        alive = int(status.get("alive", 0))
+        replicas.add_metric(["alive"], alive)
+        replicas.add_metric(["down"], max(int(status.get("replicas", 0)) - alive, 0))
+        yield replicas
+        yield GaugeMetricFamily("dicomnode_cluster_failovers",
+                                "Model calls sent again to another replica (this bridge)",
+                                value=int(status.get("failovers", 0)))

@@ -12,6 +12,7 @@ import threading
 import time
 from types import FrameType
 
+from dicomnode.cluster import ClusterEngine
 from dicomnode.config import Config
 from dicomnode.http import StatusServer
 from dicomnode.logs import event
@@ -38,11 +39,16 @@ class Node:
         recovered = self.spool.recover()
         event(log, "spool_recovered", storage_dir=config.node.storage_dir, **recovered)
         self._status_lock = threading.Lock()
-        self.metrics = Metrics(self._status)
+        self.cluster = (ClusterEngine(config.cluster, config.worker, config.node.storage_dir,
+                                      self.stopping)
+                        if config.cluster.engine == "ray" else None)
+        self.metrics = Metrics(self._status,
+                               cluster=self.cluster.status if self.cluster else None)
         self.receiver = Receiver(config.node.storage_dir, config.node.min_free_disk_mb,
                                  on_stored=self.metrics.instances_received.inc)
         self.workers = [
-            Worker(config, f"worker-{i}", self.work_wake, self.stopping, on_job=self._job_done)
+            Worker(config, f"worker-{i}", self.work_wake, self.stopping, on_job=self._job_done,
+                   cluster=self.cluster)
             for i in range(config.worker.workers)
         ]
         self.forwarders = [
@@ -58,6 +64,8 @@ class Node:
 
     def start(self) -> None:
         self.scp = start_scp(self.config.node, self.receiver)
+        if self.cluster is not None:
+            self.cluster.start()
         for thread in (*self.workers, *self.forwarders, self.router):
             thread.start()
         self.http = StatusServer(self.config.http.host, self.config.http.port, self.health,
@@ -92,6 +100,8 @@ class Node:
         for thread in (*self.workers, *self.forwarders, self.router):
             thread.join(max(deadline - time.monotonic(), 0.1))
         unfinished = [t.name for t in (*self.workers, *self.forwarders) if t.is_alive()]
+        if self.cluster is not None:
+            self.cluster.close()
         if self.http is not None:
             self.http.stop()
         self.spool.close()
@@ -156,4 +166,7 @@ class Node:
             checks["index"] = True
         except Exception:
             checks["index"] = False
-        return {"ok": all(checks.values()), "checks": checks}
+        report: dict = {"ok": all(checks.values()), "checks": checks}
+        if self.cluster is not None:  # reported, not a check: the node keeps receiving
+            report["cluster"] = self.cluster.status()
+        return report

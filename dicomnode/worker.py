@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
+from dicomnode.cluster import ClusterEngine, JobInterrupted
 from dicomnode.config import Config, WorkerConfig
 from dicomnode.engine import Enhancer
 from dicomnode.engine import load as load_model
@@ -31,11 +32,14 @@ log = logging.getLogger(__name__)
 class ModelCache:
     """Models are loaded once per worker and kept (weights are read and hashed only once)."""
 
-    def __init__(self, worker: WorkerConfig) -> None:
+    def __init__(self, worker: WorkerConfig, cluster: ClusterEngine | None = None) -> None:
         self.worker = worker
+        self.cluster = cluster
         self._models: dict[str, Enhancer] = {}
 
     def get(self, name: str) -> Enhancer:
+        if self.cluster is not None:  # [cluster] engine = "ray": the model runs on Ray actors
+            return self.cluster.enhancer(name)
         if name not in self._models:
             self._models[name] = load_worker_model(name, self.worker)
         return self._models[name]
@@ -101,18 +105,23 @@ class Worker(threading.Thread):
 
     def __init__(self, config: Config, name: str, wake: threading.Event,
                  stop: threading.Event, poll: float = 1.0,
-                 on_job: Callable[[Job, bool, float], None] | None = None) -> None:
+                 on_job: Callable[[Job, bool, float], None] | None = None,
+                 cluster: ClusterEngine | None = None) -> None:
         super().__init__(name=name, daemon=True)
         self.config = config
         self.wake, self.stop, self.poll = wake, stop, poll
         self.on_job = on_job
-        self.models = ModelCache(config.worker)
+        self.cluster = cluster
+        self.models = ModelCache(config.worker, cluster)
         self.busy = False
 
     def run(self) -> None:
         spool = Spool(self.config.node.storage_dir)
         try:
             while not self.stop.is_set():
+                if self.cluster is not None and not self.cluster.ready():
+                    self.stop.wait(self.poll)  # no replica: jobs stay queued, not failed
+                    continue
                 job = spool.claim_job(self.name)
                 if job is None:
                     self.wake.wait(self.poll)
@@ -124,6 +133,8 @@ class Worker(threading.Thread):
                     ok = process_job(self.config, spool, job, self.models)
                 except (KeyboardInterrupt, SystemExit):
                     raise
+                except JobInterrupted:  # stopping while the cluster was away: stays claimed,
+                    break  # and Spool.recover queues it again at the next start
                 except BaseException as exc:  # e.g. a native decoder's panic: keep the worker
                     log.exception("job_crashed job=%s", job.id)
                     spool.fail_job(job, f"internal error: {type(exc).__name__}: {exc}")
