@@ -86,6 +86,13 @@ batch_size = 8
 tile_size = 512                 # larger images are processed in overlapping tiles
 workers = 1
 
+# Where the models run. local: worker threads in this node. ray: model replicas on a Ray
+# cluster (pip install 'dicomnode[cluster]'; docs/OPERATIONS.md); jobs stay queued while
+# no replica answers. address: "auto" (the cluster this machine joined) or "host:port".
+[cluster]
+engine = "local"               # local | ray
+address = "auto"
+
 # Where derived series go. Each destination has its own queue, retries and last error
 # (`dicomnode status`). A PACS over DICOM (check it with `dicomnode echo pacs`):
 # [[destinations]]
