@@ -2,13 +2,16 @@
 
 The C-STORE handler only saves: it appends the bytes as received to the write-ahead log
 (``wal``), writes them to the spool and indexes them, and answers Success only once the log's
-fdatasync covering them has returned. It never decodes pixels and never touches a model.
+fdatasync covering them has returned. An instance refused after its append gets an abort
+record, so a replay never brings back what the sender was told failed. It never decodes
+pixels and never touches a model.
 Domain problems become DICOM statuses here and nowhere else.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import shutil
@@ -31,7 +34,15 @@ from dicomnode.errors import InputRejected
 from dicomnode.logs import event as log_event
 from dicomnode.spool import Spool
 from dicomnode.structure import InstanceHeader, parse_header, received_part10
-from dicomnode.wal import WriteAheadLog, replay, retire_replayed, syncfs
+from dicomnode.wal import (
+    Ticket,
+    WriteAheadLog,
+    read_mark,
+    replay,
+    retire_replayed,
+    syncfs,
+    write_mark,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +64,8 @@ def set_nodelay(assoc_event: evt.Event) -> None:
 class Receiver:
     """C-STORE/C-ECHO handlers bound to one spool folder; one Spool per association thread.
 
-    Construction replays what a crash left in the write-ahead log and starts its checkpoint;
+    Construction verifies the index rows a power loss may have cut and replays what a crash
+    left in the write-ahead log; the log's checkpoint thread starts with the first instance,
     ``close`` stops it (a clean stop leaves no segment behind).
     """
 
@@ -65,10 +77,21 @@ class Receiver:
         self.min_free_bytes = min_free_disk_mb * 1024 * 1024
         self.on_stored = on_stored
         self._local = threading.local()
-        wal_dir = self.storage_dir / "spool" / "wal"
-        self.recovered = recover(self.storage_dir, wal_dir)
-        self.wal = WriteAheadLog(wal_dir, lambda: syncfs(self.storage_dir), datasync=datasync)
-        self.wal.start()
+        # received_at of the stores between their clock read and their rename: a spool sync
+        # covers every row received before the oldest of them (the checkpoint's mark).
+        self._in_flight: dict[int, float] = {}
+        self._in_flight_lock = threading.Lock()
+        self._keys = itertools.count()
+        self.wal_dir = self.storage_dir / "spool" / "wal"
+        self.recovered = recover(self.storage_dir, self.wal_dir)
+        self.wal = WriteAheadLog(self.wal_dir, self._sync_spool, datasync=datasync)
+
+    def _sync_spool(self) -> None:
+        """The checkpoint's step before segments retire: spool durable, then the mark."""
+        with self._in_flight_lock:
+            horizon = min(self._in_flight.values(), default=time.time())
+        syncfs(self.storage_dir)
+        write_mark(self.wal_dir, horizon)
 
     def close(self) -> None:
         self.wal.close()
@@ -82,8 +105,8 @@ class Receiver:
     def handle_store(self, event: evt.Event) -> Dataset | int:
         calling = event.assoc.requestor.ae_title
         requested_uid = str(event.request.AffectedSOPInstanceUID or "")
-        try:
-            free = shutil.disk_usage(self.storage_dir).free
+        try:  # the log's spare and unused segment space is the node's own, ready for records
+            free = shutil.disk_usage(self.storage_dir).free + self.wal.reserved_bytes()
         except OSError:
             free = 0  # the spool folder vanished or is unreadable: refuse, do not crash
         if free < self.min_free_bytes:
@@ -122,26 +145,55 @@ class Receiver:
         return STATUS_SUCCESS
 
     def _store(self, data: bytes, header: InstanceHeader, calling: str) -> bool:
-        """Log record, spool file, index row; returns once the log record is durable.
+        """Log record, index row, spool file; returns once the log record is durable.
 
-        The record is appended between the spool file's write and its rename, so a failed
-        append leaves the spool as it was; the spool file and row get their fsync later,
-        from the checkpoint, before the log lets go of the record.
+        The record is appended after the spool file's write, before its row and rename, so
+        a failed append leaves the spool as it was; the spool file and row get their fsync
+        later, from the checkpoint, before the log lets go of the record. Any failure after
+        the append refuses the instance everywhere: an abort record in the log, and the
+        spool as it was (an index that failed changed nothing; a failed sync takes a new
+        instance out again).
         """
-        now = time.time()
-        tickets = []
+        with self._in_flight_lock:
+            now = time.time()
+            key = next(self._keys)
+            self._in_flight[key] = now
+        tickets: list[Ticket] = []
+        spool = self._spool()
+        stored: bool | None = None
 
         def append() -> None:
             tickets.append(self.wal.append(data, calling, now))
 
         try:
-            replaced = self._spool().store_instance(data, header, calling, now=now,
-                                                    durable=False, before_rename=append)
+            stored = spool.store_instance(data, header, calling, now=now, durable=False,
+                                          before_rename=append)
+            self.wal.wait_durable(tickets[0])
+            return stored
+        except BaseException:
+            if tickets:
+                self._refuse(tickets[0], spool, header, new_in_spool=stored is False)
+            raise
         finally:
             for ticket in tickets:
                 self.wal.settle(ticket)
-        self.wal.wait_durable(tickets[0])
-        return replaced
+            with self._in_flight_lock:
+                del self._in_flight[key]
+
+    def _refuse(self, ticket: Ticket, spool: Spool, header: InstanceHeader,
+                new_in_spool: bool) -> None:
+        """An instance answered 0xA700 after its record went into the log."""
+        try:
+            self.wal.wait_durable(self.wal.abort(ticket))
+        except OSError as exc:
+            log_event(log, "wal_abort_failed", logging.ERROR, sop_uid=header.sop_uid,
+                      reason=str(exc), hint="a replay after a crash may restore it")
+        if new_in_spool:
+            try:
+                spool.forget_instance(header)
+            except OSError as exc:
+                log_event(log, "instance_forget_failed", logging.ERROR,
+                          sop_uid=header.sop_uid, reason=str(exc))
 
 
 def recover(storage_dir: Path, wal_dir: Path) -> dict[str, int]:
@@ -150,9 +202,26 @@ def recover(storage_dir: Path, wal_dir: Path) -> dict[str, int]:
 
     A record already in the spool with the same bytes is left alone, so replaying twice (a
     crash during recovery) changes nothing. Segments go only once the result is durable.
+    Before the replay, index rows received after the last checkpoint's mark are checked
+    against their files (a power loss may have cut a file whose row survived).
     """
-    if not wal_dir.is_dir():
-        return {"wal_records": 0, "wal_restored": 0}
+    started = time.time()
+    if not wal_dir.is_dir():  # no log yet: every row was fsync-ed on its own, or none exists
+        wal_dir.mkdir(parents=True)
+        write_mark(wal_dir, started)
+        return {"wal_records": 0, "wal_restored": 0, "instances_dropped": 0,
+                "instances_repaired": 0}
+    mark = read_mark(wal_dir)
+    if mark is None:
+        log_event(log, "wal_mark_unreadable", logging.WARNING,
+                  action="every index row is checked against its file once")
+    spool = Spool(storage_dir)
+    try:
+        checked = spool.verify_instances(0.0 if mark is None else mark)
+    finally:
+        spool.close()
+    if any(checked.values()):
+        log_event(log, "spool_rows_verified", logging.WARNING, **checked)
     latest: dict[str, tuple[bytes, InstanceHeader, str, float]] = {}
     records = 0
     for record in replay(wal_dir):
@@ -175,13 +244,13 @@ def recover(storage_dir: Path, wal_dir: Path) -> dict[str, int]:
                     restored += 1
         finally:
             spool.close()
-    if records:
-        syncfs(storage_dir)
+    syncfs(storage_dir)
+    write_mark(wal_dir, started)
     retire_replayed(wal_dir)
     if records:
         log_event(log, "wal_replayed", records=records, instances=len(latest),
                   restored=restored)
-    return {"wal_records": records, "wal_restored": restored}
+    return {"wal_records": records, "wal_restored": restored, **checked}
 
 
 def _in_spool(spool: Spool, data: bytes, header: InstanceHeader) -> bool:

@@ -166,21 +166,74 @@ class Spool:
 
         ``durable``: fsync the file and its folder before indexing (the receiver passes
         False: its write-ahead log holds the bytes durably, the checkpoint syncs the spool).
-        ``before_rename`` runs once the bytes are written, before they replace anything.
+        Not durable, the row is committed before the rename (``before_rename`` first), so an
+        index that cannot be written leaves the spool as it was (the instance is refused,
+        an earlier copy stays); a rename that then fails puts the row back.
         A new SOP Instance UID in a series re-opens the series (a new revision gets routed
         once stable); the same UID again only replaces the file and does not re-open it.
         """
         now = time.time() if now is None else now
         path = self.instance_path(header.series_uid, header.sop_uid)
-        atomic_write_bytes(path, data, fsync=durable, tmp_dir=self.tmp_dir,
-                           before_rename=before_rename)
-        return self._index(header, path, len(data), calling_aet, now)
+        if durable:
+            atomic_write_bytes(path, data, fsync=True, tmp_dir=self.tmp_dir,
+                               before_rename=before_rename)
+            return self._index(header, path, len(data), calling_aet, now)
+        old: list[dict | None] = []
+
+        def commit() -> None:
+            if before_rename is not None:
+                before_rename()
+            old.append(self._index_row(header, path, len(data), calling_aet, now))
+
+        try:
+            atomic_write_bytes(path, data, fsync=False, tmp_dir=self.tmp_dir,
+                               before_rename=commit)
+        except BaseException:
+            if old:  # indexed, not renamed: the row goes back to what the file still is
+                self._restore_row(header, old[0])
+            raise
+        self._remove_moved(old[0], path)
+        return old[0] is not None
+
+    def forget_instance(self, header: InstanceHeader) -> None:
+        """Remove a newly stored instance again (refused after it was indexed)."""
+        self._restore_row(header, None)
+        self.instance_path(header.series_uid, header.sop_uid).unlink(missing_ok=True)
+
+    def _restore_row(self, header: InstanceHeader, old: dict | None) -> None:
+        """Put an instance's row back as it was before ``_index_row`` (None: no row), and
+        drop a series row left without instances and never routed."""
+        try:
+            with self._transaction() as db:
+                db.execute("DELETE FROM instances WHERE sop_uid = ?", (header.sop_uid,))
+                if old is not None:
+                    db.execute(f"INSERT INTO instances ({', '.join(old)}) "
+                               f"VALUES ({', '.join('?' * len(old))})", tuple(old.values()))
+                db.execute("DELETE FROM series WHERE series_uid = ? AND state = 'receiving' "
+                           "AND routed_revision = 0 AND NOT EXISTS (SELECT 1 FROM instances "
+                           "WHERE series_uid = ?)", (header.series_uid, header.series_uid))
+        except sqlite3.Error as exc:  # the restart's verification finds what is left
+            log.error("instance_row_restore_failed sop_uid=%s reason=%s", header.sop_uid, exc)
 
     def _index(self, header: InstanceHeader, path: Path, size: int, calling_aet: str,
                now: float) -> bool:
+        old = self._index_row(header, path, size, calling_aet, now)
+        self._remove_moved(old, path)
+        return old is not None
+
+    @staticmethod
+    def _remove_moved(old: dict | None, path: Path) -> None:
+        """The earlier copy of a UID that moved to another series folder goes."""
+        if old is not None and Path(old["path"]) != path:
+            Path(old["path"]).unlink(missing_ok=True)
+
+    def _index_row(self, header: InstanceHeader, path: Path, size: int, calling_aet: str,
+                   now: float) -> dict | None:
+        """Index one instance; returns its earlier row (every column) or None."""
         with self._transaction() as db:
-            old = db.execute("SELECT path, series_uid FROM instances WHERE sop_uid = ?",
-                             (header.sop_uid,)).fetchone()
+            found = db.execute("SELECT * FROM instances WHERE sop_uid = ?",
+                               (header.sop_uid,)).fetchone()
+            old = dict(found) if found is not None else None
             db.execute(
                 "INSERT INTO instances (sop_uid, series_uid, sop_class_uid, transfer_syntax, "
                 "path, size, calling_aet, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
@@ -210,9 +263,7 @@ class Spool:
             else:
                 db.execute("UPDATE series SET last_received_at = ? WHERE series_uid = ?",
                            (now, header.series_uid))
-        if old is not None and Path(old["path"]) != path:
-            Path(old["path"]).unlink(missing_ok=True)
-        return old is not None
+        return old
 
     # -- routing ---------------------------------------------------------------------------
 
@@ -416,6 +467,50 @@ class Spool:
                 self._refresh_series(db, row[0], now)
         return {"requeued_jobs": requeued, "removed_partial_files": removed,
                 "reindexed_files": reindexed}
+
+    def verify_instances(self, since: float) -> dict[str, int]:
+        """After a power loss: rows received at or after ``since`` (not yet covered by a spool
+        sync) whose file is missing, cut short or unreadable are dropped, with their file; a
+        complete file whose row disagrees (size, UIDs) is indexed again. One line each.
+
+        What was acknowledged is restored afterwards by the write-ahead log's replay.
+        """
+        rows = self.db.execute("SELECT sop_uid, series_uid, path, size, calling_aet, "
+                               "received_at FROM instances "
+                               "WHERE received_at >= ?", (since,)).fetchall()
+        dropped = repaired = 0
+        for row in rows:
+            path = Path(row["path"])
+            try:
+                data = path.read_bytes()
+                header = parse_header(data)
+                reason = None
+            except FileNotFoundError:
+                reason = "file missing"
+            except OSError as exc:
+                reason = f"file unreadable: {exc}"
+            except InputRejected as exc:
+                reason = f"file damaged: {exc}"
+            if reason is None and (header.sop_uid != row["sop_uid"] or
+                                   self.instance_path(header.series_uid, header.sop_uid) != path):
+                reason = "file holds another instance"
+            if reason is not None:
+                with self._transaction() as db:
+                    db.execute("DELETE FROM instances WHERE sop_uid = ?", (row["sop_uid"],))
+                    db.execute("DELETE FROM series WHERE series_uid = ? AND state = 'receiving' "
+                               "AND NOT EXISTS (SELECT 1 FROM instances WHERE series_uid = ?)",
+                               (row["series_uid"], row["series_uid"]))
+                if reason.startswith("file damaged"):
+                    path.unlink(missing_ok=True)
+                log.warning("instance_dropped_at_recovery sop_uid=%s size=%s reason=%s",
+                            row["sop_uid"], row["size"], reason)
+                dropped += 1
+            elif len(data) != row["size"] or header.series_uid != row["series_uid"]:
+                self._index(header, path, len(data), row["calling_aet"], row["received_at"])
+                log.warning("instance_repaired_at_recovery sop_uid=%s size=%s indexed_size=%s",
+                            row["sop_uid"], len(data), row["size"])
+                repaired += 1
+        return {"instances_dropped": dropped, "instances_repaired": repaired}
 
     def _reindex_orphans(self, now: float) -> int:
         """Index spool files whose index rows a power loss took (their bytes were fsync-ed)."""

@@ -16,10 +16,20 @@ is then recycled. Frame: magic, body length, CRC32 of the rest, segment id, rece
 AE title length, AE title, data. A record whose frame does not check (torn by the crash, or a
 stale record of the segment's previous life, which has another segment id) ends the segment:
 no record after it was ever acknowledged, because a sync covers a prefix.
+
+An instance refused after its record was appended (the index or the sync failed) gets an abort
+record naming it, so replay never restores what the sender was told failed; segments retire
+oldest first, so an abort record never retires before the record it names.
+
+Disk space: the checkpoint is woken by every segment roll, so the log holds about one segment
+beyond the current one and the spare, not a whole burst; ``reserved_bytes`` (the spare and the
+current segment's unused tail) is space the node already owns, counted as free by the
+receiver's threshold.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -34,6 +44,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 MAGIC = b"DNW1"
+ABORT_MAGIC = b"DNA1"  # body: segment id and offset of the refused record
+_ABORTED = struct.Struct("<QQ")
 _FRAME = struct.Struct("<4sIIQdH")  # magic, body length, crc32, segment id, time, aet length
 SEGMENT_BYTES = 32 * 2**20
 MIN_SEGMENT_BYTES = 2**20
@@ -52,6 +64,7 @@ class Record:
     received_at: float
     calling_aet: str
     data: bytes
+    aborts: tuple[int, int] | None = None  # an abort record: (segment, offset) it refuses
 
 
 @dataclass(frozen=True)
@@ -60,15 +73,16 @@ class Ticket:
 
     seq: int
     segment: int
+    offset: int
 
 
 def frame(segment_id: int, received_at: float, aet: bytes, data: bytes,
-          data_crc: int | None = None) -> tuple[bytes, bytes]:
+          data_crc: int | None = None, magic: bytes = MAGIC) -> tuple[bytes, bytes]:
     """The record's head and body; the CRC covers the data, then the fields and AE title
     (in that order, so the data's CRC can be computed before the segment is known)."""
     fields = struct.pack("<QdH", segment_id, received_at, len(aet)) + aet
     crc = zlib.crc32(fields, zlib.crc32(data) if data_crc is None else data_crc)
-    return MAGIC + struct.pack("<II", len(aet) + len(data), crc) + fields, data
+    return magic + struct.pack("<II", len(aet) + len(data), crc) + fields, data
 
 
 def read_segment(path: Path, segment_id: int | None = None) -> Iterator[Record]:
@@ -81,16 +95,22 @@ def read_segment(path: Path, segment_id: int | None = None) -> Iterator[Record]:
     while offset + _FRAME.size <= len(content):
         magic, length, crc, seg, received_at, aet_length = _FRAME.unpack_from(content, offset)
         end = offset + _FRAME.size + length
-        if magic != MAGIC or seg != segment_id or aet_length > length or end > len(content):
+        if magic not in (MAGIC, ABORT_MAGIC) or seg != segment_id or aet_length > length \
+                or end > len(content):
             return
         body = offset + _FRAME.size
         with memoryview(content) as view:
             data_crc = zlib.crc32(view[body + aet_length:end])
             if zlib.crc32(view[offset + 12:body + aet_length], data_crc) != crc:
                 return  # torn: the record never got its Success
+        data = content[body + aet_length:end]
+        aborts = None
+        if magic == ABORT_MAGIC:
+            if len(data) != _ABORTED.size:
+                return
+            aborts = _ABORTED.unpack(data)
         yield Record(seg, offset, received_at,
-                     content[body:body + aet_length].decode("ascii", "replace"),
-                     content[body + aet_length:end])
+                     content[body:body + aet_length].decode("ascii", "replace"), data, aborts)
         offset = end
 
 
@@ -155,6 +175,7 @@ class WriteAheadLog:
         self._failed_upto = 0    # a sync failed: records up to this one were not acknowledged
         self._syncing = False
         self.syncs = 0
+        self._wake = threading.Event()  # a roll asks the checkpoint for an early round
         self._sealed: list[_Segment] = []
         ids = [i for i, _ in segments(self.folder)] + [
             int(m.group(1)) for p in self.folder.glob("spare-*.seg")
@@ -165,28 +186,48 @@ class WriteAheadLog:
             segment_bytes = min(SEGMENT_BYTES, free.f_bavail * free.f_frsize // 64)
         self.segment_bytes = max(segment_bytes, MIN_SEGMENT_BYTES)
         self._current: _Segment | None = None
+        self._spare_bytes = 0  # kept by the log's own renames (reserved_bytes reads it)
+        self._count_spares()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._closed = False
 
     # -- the C-STORE path ------------------------------------------------------------------
 
     def append(self, data: bytes, calling_aet: str, received_at: float) -> Ticket:
         """Write one record (page cache only); raises OSError when no segment can be had."""
         aet = calling_aet.encode("ascii", "replace")[:64]
+        return self._append(data, aet, received_at, zlib.crc32(data), MAGIC)
+
+    def abort(self, ticket: Ticket) -> Ticket:
+        """Append an abort record for a record whose instance was refused (replay skips it).
+
+        Call before ``settle`` of the refused ticket, so its segment cannot retire first.
+        """
+        data = _ABORTED.pack(ticket.segment, ticket.offset)
+        return self._append(data, b"", 0.0, zlib.crc32(data), ABORT_MAGIC)
+
+    def _append(self, data: bytes, aet: bytes, received_at: float, data_crc: int,
+                magic: bytes) -> Ticket:
         size = _FRAME.size + len(aet) + len(data)
-        data_crc = zlib.crc32(data)  # outside the lock: the one per-byte cost
         with self._cond:
+            if self._closed:
+                raise OSError("the write-ahead log is closed")
             current = self._current
             if current is None or current.used + size > current.size:
                 current = self._roll(size)
-            head, body = frame(current.id, received_at, aet, data, data_crc)
+            head, body = frame(current.id, received_at, aet, data, data_crc, magic)
             written = os.pwritev(current.fd, [head, body], current.used)
             if written != size:
                 raise OSError(f"short write to {current.path}: {written} of {size} bytes")
+            offset = current.used
             current.used += size
             current.appended += 1
             self._seq += 1
-            return Ticket(self._seq, current.id)
+            ticket = Ticket(self._seq, current.id, offset)
+        if self._thread is None:
+            self._start_checkpoint()
+        return ticket
 
     def wait_durable(self, ticket: Ticket) -> None:
         """Return once the record is on disk; one caller syncs for all who wait meanwhile."""
@@ -197,7 +238,10 @@ class WriteAheadLog:
                 if self._syncing:
                     self._cond.wait()
                     continue
-                target, fd = self._seq, self._current.fd  # type: ignore[union-attr]
+                if self._current is None:  # sealed by a roll or checkpoint: already synced
+                    self._durable = self._seq
+                    break
+                target, fd = self._seq, self._current.fd
                 self._syncing = True
                 self._cond.release()
                 error: OSError | None = None
@@ -215,12 +259,21 @@ class WriteAheadLog:
                 self.syncs += 1
                 self._durable = max(self._durable, target)
 
+    def reserved_bytes(self) -> int:
+        """Disk space the log already holds for records to come: the spare segments and the
+        current segment's unused tail (the receiver counts it as free)."""
+        with self._cond:
+            tail = self._current.size - self._current.used if self._current else 0
+            return tail + self._spare_bytes  # no file system call: asked per C-STORE
+
     def settle(self, ticket: Ticket) -> None:
         """The record's spool file and index row are written (or it failed): it may retire."""
         with self._cond:
             for segment in (self._current, *self._sealed):
                 if segment is not None and segment.id == ticket.segment:
                     segment.settled += 1
+                    if segment.sealed and segment.settled >= segment.appended:
+                        self._wake.set()  # it can retire now
                     self._cond.notify_all()
                     return
 
@@ -237,6 +290,7 @@ class WriteAheadLog:
             self._sealed.append(old)
             self._current = None
             self._cond.notify_all()
+            self._wake.set()  # retire it soon: a burst must not pile segments on the disk
         size = max(self.segment_bytes, needed)
         segment_id = self._next_id
         path = self.folder / f"{segment_id:016d}.seg"
@@ -262,8 +316,17 @@ class WriteAheadLog:
     def _take_spare(self, size: int) -> Path | None:
         for path in sorted(self.folder.glob("spare-*.seg")):
             if path.stat().st_size >= size:
+                self._spare_bytes = max(self._spare_bytes - path.stat().st_size, 0)
                 return path
         return None
+
+    def _count_spares(self) -> None:
+        total = 0
+        for path in self.folder.glob("spare-*.seg"):
+            with contextlib.suppress(OSError):  # taken by a roll meanwhile
+                total += path.stat().st_size
+        with self._cond:
+            self._spare_bytes = total
 
     def _prepare_spare(self) -> None:
         """Keep one segment written to its end ready, so a roll costs a rename."""
@@ -281,6 +344,7 @@ class WriteAheadLog:
                 os.fsync(handle.fileno())
             os.rename(part, self.folder / f"spare-{segment_id:016d}.seg")
             fsync_dir(self.folder)
+            self._count_spares()
         except OSError as exc:  # a full disk: rolls will fall back to posix_fallocate
             part.unlink(missing_ok=True)
             log.warning("wal_spare_failed reason=%s", exc)
@@ -300,7 +364,11 @@ class WriteAheadLog:
                 self._current.sealed = True
                 self._sealed.append(self._current)
                 self._current = None
-            ready = [s for s in self._sealed if s.settled >= s.appended]
+            ready = []
+            for segment in self._sealed:  # oldest first, stopping at the first unsettled one
+                if segment.settled < segment.appended:
+                    break
+                ready.append(segment)
         if not ready:
             return 0
         self._sync_spool()  # their spool files and index rows: durable before the log goes
@@ -316,19 +384,32 @@ class WriteAheadLog:
                     spares += 1
                 else:
                     segment.path.unlink()
+        self._count_spares()
         fsync_dir(self.folder)
         return len(ready)
 
     def start(self) -> None:
-        """Open the first segment and run the checkpoint in the background."""
+        """Open the first segment and run the checkpoint in the background (``append`` does
+        both on first use, so a log that never receives runs no thread)."""
         with self._cond:
             if self._current is None:
                 self._roll(0)
-        self._thread = threading.Thread(target=self._loop, name="wal-checkpoint", daemon=True)
+        self._start_checkpoint()
+
+    def _start_checkpoint(self) -> None:
+        with self._cond:
+            if self._thread is not None or self._closed:
+                return
+            self._thread = threading.Thread(target=self._loop, name="wal-checkpoint",
+                                            daemon=True)
         self._thread.start()
 
     def _loop(self) -> None:
-        while not self._stop.wait(CHECKPOINT_SECONDS):
+        while not self._stop.is_set():
+            self._wake.wait(CHECKPOINT_SECONDS)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
                 self.checkpoint()
                 self._prepare_spare()
@@ -338,8 +419,11 @@ class WriteAheadLog:
     def close(self) -> None:
         """Stop the checkpoint; a clean stop leaves no segment to replay."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        self._wake.set()
+        with self._cond:
+            thread, self._closed = self._thread, True
+        if thread is not None:
+            thread.join()
         try:
             self.checkpoint(seal=True)
         except OSError as exc:
@@ -357,9 +441,14 @@ class WriteAheadLog:
 
 
 def replay(folder: Path) -> Iterator[Record]:
-    """Every valid record of every live segment in ``folder``, oldest first."""
-    for segment_id, path in segments(folder):
-        yield from read_segment(path, segment_id)
+    """Every valid instance record of every live segment in ``folder``, oldest first, less
+    those an abort record refused."""
+    records = [r for segment_id, path in segments(folder)
+               for r in read_segment(path, segment_id)]
+    aborted = {r.aborts for r in records if r.aborts is not None}
+    for record in records:
+        if record.aborts is None and (record.segment, record.offset) not in aborted:
+            yield record
 
 
 def retire_replayed(folder: Path) -> int:
@@ -375,3 +464,35 @@ def retire_replayed(folder: Path) -> int:
     if count:
         fsync_dir(folder)
     return count
+
+
+MARK_NAME = "synced-until"
+_MARK = struct.Struct("<dI")
+
+
+def write_mark(folder: Path, received_before: float) -> None:
+    """Record durably that every index row received before this time, and its file, is on
+    disk (written after a spool sync); recovery verifies only the rows after it."""
+    path = Path(folder) / MARK_NAME
+    created = not path.exists()
+    value = struct.pack("<d", received_before)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
+    try:
+        os.pwrite(fd, value + struct.pack("<I", zlib.crc32(value)), 0)
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+    if created:
+        fsync_dir(Path(folder))
+
+
+def read_mark(folder: Path) -> float | None:
+    """The time ``write_mark`` last recorded; None when absent or torn (verify everything)."""
+    try:
+        raw = (Path(folder) / MARK_NAME).read_bytes()
+    except FileNotFoundError:
+        return None
+    if len(raw) != _MARK.size:
+        return None
+    value, crc = _MARK.unpack(raw)
+    return value if zlib.crc32(raw[:8]) == crc else None

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from dicomnode import wal as wal_module
 from dicomnode.scp import Receiver
 from dicomnode.spool import Spool
-from dicomnode.wal import WriteAheadLog, read_segment, replay, segments
+from dicomnode.structure import parse_header
+from dicomnode.wal import WriteAheadLog, read_mark, read_segment, replay, segments
 from tests.hostile.corpus import base, mr, part10
 from tests.hostile.harness import SpoolChecker, status_of, store_event
+from tests.peers import wait_for
 
 
 class SyncCounter:
@@ -45,7 +50,9 @@ def wal(tmp_path: Path) -> Iterator[WriteAheadLog]:
 def _crash(receiver: Receiver) -> None:
     """What kill -9 leaves: the checkpoint stops, nothing is sealed or retired."""
     receiver.wal._stop.set()
-    receiver.wal._thread.join()
+    receiver.wal._wake.set()
+    if receiver.wal._thread is not None:
+        receiver.wal._thread.join()
 
 
 def test_records_read_back_as_written(wal: WriteAheadLog):
@@ -177,13 +184,14 @@ def test_replay_restores_what_the_spool_lost_and_nothing_twice(tmp_path: Path):
     Path(lost_path).unlink()
 
     again = Receiver(tmp_path, min_free_disk_mb=0)
-    assert again.recovered == {"wal_records": 4, "wal_restored": 1}
+    assert again.recovered == {"wal_records": 4, "wal_restored": 1, "instances_dropped": 0,
+                               "instances_repaired": 0}
     assert _instances(tmp_path) == before  # every instance, byte for byte, once
     assert SpoolChecker(tmp_path).problems() == []
     assert not list(replay(tmp_path / "spool" / "wal"))  # replayed segments are retired
     _crash(again)
     third = Receiver(tmp_path, min_free_disk_mb=0)  # nothing left to replay
-    assert third.recovered == {"wal_records": 0, "wal_restored": 0}
+    assert third.recovered["wal_records"] == third.recovered["wal_restored"] == 0
     assert _instances(tmp_path) == before
     third.close()
 
@@ -209,7 +217,137 @@ def test_replay_is_idempotent_and_the_last_copy_of_a_uid_wins(tmp_path: Path):
     for name, content in saved.items():  # a crash during recovery: the same log again
         (wal_dir / name).write_bytes(content)
     third = Receiver(tmp_path, min_free_disk_mb=0)
-    assert third.recovered == {"wal_records": 2, "wal_restored": 0}
+    assert (third.recovered["wal_records"], third.recovered["wal_restored"]) == (2, 0)
     assert _instances(tmp_path) == {uid: data}
     assert SpoolChecker(tmp_path).problems() == []
     third.close()
+
+
+# -- refused instances and cut files ----------------------------------------------------
+
+def _receiver(storage: Path, **kwargs: object) -> Receiver:
+    return Receiver(storage, min_free_disk_mb=0, **kwargs)  # type: ignore[arg-type]
+
+
+def test_an_instance_whose_index_fails_is_refused_and_never_replayed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The record is in the log when the index commit fails: 0xA700, the spool unchanged,
+    and the abort record keeps a replay after a crash from storing it."""
+    kept, refused = base("wal_refused_kept"), base("wal_refused_index")
+    receiver = _receiver(tmp_path)
+    assert status_of(receiver.handle_store(store_event(kept))) == 0x0000
+    real = Spool._index_row
+
+    def full(self: Spool, *args: object, **kwargs: object) -> object:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(Spool, "_index_row", full)
+    assert status_of(receiver.handle_store(store_event(refused))) == 0xA700
+    monkeypatch.setattr(Spool, "_index_row", real)
+    before = _instances(tmp_path)
+    assert len(before) == 1 and len(list((tmp_path / "spool" / "series").rglob("*.dcm"))) == 1
+    records = [r for _, path in segments(receiver.wal_dir) for r in read_segment(path)]
+    assert [r.aborts is not None for r in records] == [False, False, True]
+    _crash(receiver)
+    again = _receiver(tmp_path)
+    assert again.recovered["wal_records"] == 1  # the refused record is not replayed
+    assert _instances(tmp_path) == before
+    assert SpoolChecker(tmp_path).problems() == []
+    again.close()
+
+
+def test_an_instance_whose_sync_fails_is_taken_out_again(tmp_path: Path):
+    """fdatasync fails after the row and file went in: 0xA700, the new instance leaves the
+    spool again and a replay after a crash does not bring it back."""
+    def broken(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    receiver = _receiver(tmp_path, datasync=broken)
+    result = receiver.handle_store(store_event(base("wal_sync_fails")))
+    assert status_of(result) == 0xA700
+    assert _instances(tmp_path) == {}
+    assert not list((tmp_path / "spool" / "series").rglob("*.dcm"))
+    _crash(receiver)
+    again = _receiver(tmp_path)
+    assert again.recovered["wal_restored"] == 0
+    assert _instances(tmp_path) == {}
+    assert SpoolChecker(tmp_path).problems() == []
+    again.close()
+
+
+def _tear_last_record(wal_dir: Path) -> None:
+    """What a power loss leaves of the last record whose sync never came: a torn frame."""
+    ((segment_id, path),) = segments(wal_dir)
+    last = list(read_segment(path, segment_id))[-1]
+    with path.open("r+b") as handle:
+        handle.seek(last.offset + 200)
+        byte = handle.read(1)
+        handle.seek(last.offset + 200)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_a_row_pointing_to_a_cut_file_is_dropped_at_recovery(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    """Power loss: the index row of an instance that never got Success survived, its file was
+    cut short and its log record torn. Recovery drops row and file with a log line; a
+    complete file whose row lost its last update is indexed again; the rest is untouched."""
+    parts = [base(f"wal_cut_{n}") for n in range(3)]
+    receiver = _receiver(tmp_path)
+    for part in parts:
+        assert status_of(receiver.handle_store(store_event(part))) == 0x0000
+    _crash(receiver)
+    before = _instances(tmp_path)
+    spool = Spool(tmp_path)
+    rows = {r[0]: (Path(r[1]), r[2]) for r in
+            spool.db.execute("SELECT sop_uid, path, size FROM instances").fetchall()}
+    cut_uid = parse_header(parts[2].data).sop_uid
+    cut_path, size = rows[cut_uid]
+    with cut_path.open("r+b") as handle:
+        handle.truncate(size // 2)
+    _tear_last_record(tmp_path / "spool" / "wal")
+    stale_uid = parse_header(parts[0].data).sop_uid
+    spool.db.execute("UPDATE instances SET size = size - 10 WHERE sop_uid = ?", (stale_uid,))
+    spool.close()
+    with caplog.at_level(logging.WARNING):
+        again = _receiver(tmp_path)
+    assert again.recovered["instances_dropped"] == 1
+    assert again.recovered["instances_repaired"] == 1
+    assert again.recovered["wal_restored"] == 0  # the two acknowledged copies were intact
+    assert "instance_dropped_at_recovery" in caplog.text and "file damaged" in caplog.text
+    assert "instance_repaired_at_recovery" in caplog.text
+    del before[cut_uid]
+    assert _instances(tmp_path) == before
+    assert not cut_path.exists()
+    assert SpoolChecker(tmp_path).problems() == []
+    again.close()
+
+
+def test_a_clean_close_moves_the_mark_so_old_rows_are_not_read_again(tmp_path: Path):
+    receiver = _receiver(tmp_path)
+    assert status_of(receiver.handle_store(store_event(base("wal_mark")))) == 0x0000
+    receiver.close()
+    spool = Spool(tmp_path)
+    (received_at,) = spool.db.execute("SELECT received_at FROM instances").fetchone()
+    spool.close()
+    mark = read_mark(tmp_path / "spool" / "wal")
+    assert mark is not None and mark > received_at
+
+
+def test_a_burst_retires_segments_as_they_fill_not_once_a_second(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A roll wakes the checkpoint, so a burst holds about two segments on the disk, not the
+    whole burst twice (spool + log) until the next timed round; the spare and the current
+    segment's unused tail are what the log reports as reserved (counted free by the node)."""
+    monkeypatch.setattr(wal_module, "CHECKPOINT_SECONDS", 3600.0)  # only the wake-up is left
+    log = WriteAheadLog(tmp_path / "wal", lambda: None, segment_bytes=2**20)
+    for n in range(20):  # ~6 MiB through 1 MiB segments
+        ticket = log.append(bytes([n]) * 300_000, "A", 0.0)
+        log.wait_durable(ticket)
+        log.settle(ticket)
+    wait_for(lambda: len(segments(log.folder)) <= 2, 30, "sealed segments retired")
+    spares = sum(p.stat().st_size for p in log.folder.glob("spare-*.seg"))
+    current = log._current
+    assert current is not None
+    assert log.reserved_bytes() == current.size - current.used + spares
+    log.close()
+    assert log.pending() == 0 and not segments(log.folder)

@@ -55,7 +55,17 @@ def _spool_consistent(node: NodeProcess) -> None:
     assert not list((node.workdir / "var" / "spool" / "series").rglob(".tmp-*"))
 
 
-def _node_on(small_disk: Path, tmp_path: Path, min_free_disk_mb: int) -> NodeProcess:
+@pytest.fixture
+def started(small_disk: Path) -> Iterator[list[NodeProcess]]:
+    """Nodes a test started; stopped (before the file system goes) even when it fails."""
+    nodes: list[NodeProcess] = []
+    yield nodes
+    for node in nodes:
+        node.stop()
+
+
+def _node_on(small_disk: Path, tmp_path: Path, min_free_disk_mb: int,
+             started: list[NodeProcess]) -> NodeProcess:
     """A started node whose spool and index live on the small file system."""
     (tmp_path / "n").mkdir()
     node = NodeProcess(tmp_path / "n", "", "", idle_seconds=60)
@@ -65,12 +75,14 @@ def _node_on(small_disk: Path, tmp_path: Path, min_free_disk_mb: int) -> NodePro
                            .replace("min_free_disk_mb = 1",
                                     f"min_free_disk_mb = {min_free_disk_mb}"))
     node.workdir = small_disk  # node.query reads small_disk/var/index.sqlite
+    started.append(node)
     node.start()
     return node
 
 
-def test_threshold_answers_a700_then_recovers(small_disk: Path, tmp_path: Path):
-    node = _node_on(small_disk, tmp_path, min_free_disk_mb=8)
+def test_threshold_answers_a700_then_recovers(small_disk: Path, tmp_path: Path,
+                                             started: list[NodeProcess]):
+    node = _node_on(small_disk, tmp_path, min_free_disk_mb=8, started=started)
     filler = _fill(small_disk, leave_mb=6)
     refused = storescu(MR_DIR, node.port, check=False, extra=["-v"])
     assert refused.returncode != 0
@@ -88,8 +100,9 @@ def test_threshold_answers_a700_then_recovers(small_disk: Path, tmp_path: Path):
     assert node.stop() == 0
 
 
-def test_write_error_answers_a700_and_leaves_no_partial_file(small_disk: Path, tmp_path: Path):
-    node = _node_on(small_disk, tmp_path, min_free_disk_mb=0)
+def test_write_error_answers_a700_and_leaves_no_partial_file(small_disk: Path, tmp_path: Path,
+                                                            started: list[NodeProcess]):
+    node = _node_on(small_disk, tmp_path, min_free_disk_mb=0, started=started)
     _fill(small_disk, leave_mb=2)  # room for a few instances, then ENOSPC mid-write
     result = storescu(MR_DIR, node.port, check=False, extra=["-v"])
     assert result.returncode != 0
