@@ -16,19 +16,34 @@ SENDERS=("${@:-1 4}")
 read -r -a SENDERS <<<"${SENDERS[*]}"
 PY=${PY:-$ROOT/.venv/bin/python}
 WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-            wait 2>/dev/null || true; rm -rf "$WORK"; }
+# Every process this script starts is recorded in $STARTED (receivers start inside command
+# substitutions, whose variables never reach this shell); on exit, however it comes, each one
+# still running gets SIGTERM, up to 10 s, then SIGKILL. Nothing else is touched.
+STARTED=$WORK/started.pids
+: >"$STARTED"
+started() { echo "$1" >>"$STARTED"; }
+cleanup() {
+  local pid
+  trap - EXIT INT TERM
+  if [ -f "$STARTED" ]; then
+    while read -r pid; do [ -n "$pid" ] && stop "$pid" 100; done <"$STARTED"
+  fi
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 export TCP_NODELAY=1
 
 free_port() { $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 1 600); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 now() { date +%s.%N; }
-stop() { # pid: SIGTERM, up to 60 s to finish, then SIGKILL
+stop() { # pid [tenths of a second, 600]: SIGTERM, that long to finish, then SIGKILL
+  kill -0 "$1" 2>/dev/null || return 0
   kill -TERM "$1" 2>/dev/null || true
-  for _ in $(seq 1 600); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+  for _ in $(seq 1 "${2:-600}"); do kill -0 "$1" 2>/dev/null || { wait "$1" 2>/dev/null || true; return 0; }; sleep 0.1; done
   kill -KILL "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
 }
 
 deal() { # N -> folder with N shares of the instances, round robin
@@ -40,14 +55,14 @@ deal() { # N -> folder with N shares of the instances, round robin
 }
 
 send() { # port called-aet shares-folder -> seconds for all senders together
-  local start end pids=() share
+  local start end pids=() share sender  # local: the caller's $pid is its receiver
   start=$(now)
   for share in "$3"/share*; do
     /usr/bin/storescu -aet BENCH -aec "$2" +sd +r +sp '*.dcm' 127.0.0.1 "$1" "$share" \
       >>"$WORK/storescu.log" 2>&1 &
-    pids+=($!)
+    pids+=($!); started $!
   done
-  for pid in "${pids[@]}"; do wait "$pid"; done
+  for sender in "${pids[@]}"; do wait "$sender"; done
   end=$(now)
   $PY -c "print($end - $start)"
 }
@@ -56,10 +71,10 @@ run_storescp() { # senders -> seconds
   local port dir
   port=$(free_port); dir="$WORK/scp$1"; mkdir -p "$dir"
   /usr/bin/storescp -aet STORESCP -od "$dir" "$port" >/dev/null 2>&1 &
-  local pid=$!; PIDS+=("$pid")
+  local pid=$!; started "$pid"
   wait_port "$port"
   send "$port" STORESCP "$(deal "$1")"
-  kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
+  stop "$pid" 50
   [ "$(find "$dir" -type f | wc -l)" -eq "$COUNT" ] || { echo "storescp kept too few" >&2; exit 1; }
   rm -rf "$dir"
 }
@@ -80,7 +95,7 @@ max_associations = 16
 port = $http
 TOML
   PYTHONPATH=$ROOT $PY -m dicomnode.cli serve --config "$dir/node.toml" >"$dir/node.log" 2>&1 &
-  local pid=$!; PIDS+=("$pid")
+  local pid=$!; started "$pid"
   wait_port "$port"
   send "$port" DICOMNODE "$(deal "$1")"
   local stored
@@ -101,7 +116,7 @@ run_orthanc() { # senders -> seconds
  "DicomThreadsCount": 4}
 JSON
   /usr/sbin/Orthanc --logdir="$dir" "$dir/orthanc.json" >/dev/null 2>&1 &
-  local pid=$!; PIDS+=("$pid")
+  local pid=$!; started "$pid"
   wait_port "$port"
   send "$port" ORTHANC "$(deal "$1")"
   local stored
@@ -114,11 +129,11 @@ JSON
 PYTHONPATH=$ROOT $PY bench/make_instances.py "$WORK/src" --count "$COUNT" >/dev/null
 BYTES=$(du -sb "$WORK/src" | cut -f1)
 RESULTS="$WORK/results"
-for n in "${SENDERS[@]}"; do
-  echo "storescp $n $(run_storescp "$n")" >>"$RESULTS"
-  echo "dicomnode $n $(run_node "$n")" >>"$RESULTS"
+for n in "${SENDERS[@]}"; do  # assignments, so a failed run stops the script (set -e)
+  seconds=$(run_storescp "$n"); echo "storescp $n $seconds" >>"$RESULTS"
+  seconds=$(run_node "$n"); echo "dicomnode $n $seconds" >>"$RESULTS"
 done
-echo "orthanc 1 $(run_orthanc 1)" >>"$RESULTS"
+seconds=$(run_orthanc 1); echo "orthanc 1 $seconds" >>"$RESULTS"
 rm -rf "$WORK"/in*
 
 $PY - "$COUNT" "$BYTES" "$RESULTS" "$(git rev-parse --short HEAD 2>/dev/null || echo ?)" <<'PYEOF'
