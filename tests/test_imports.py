@@ -25,7 +25,7 @@ PACKAGES = ("dicomnode", "training")
 SERVING = tuple(f"dicomnode.{m}" for m in (
     "scp", "spool", "router", "worker", "scu", "node", "http", "metrics", "cli", "config",
     "derive", "structure", "files"))
-CSTORE_PATH = tuple(f"dicomnode.{m}" for m in ("scp", "spool", "structure", "files"))
+CSTORE_PATH = tuple(f"dicomnode.{m}" for m in ("scp", "wal", "spool", "structure", "files"))
 MODEL_CODE = ("torch", "dicomnode.engine", "dicomnode.nets")
 # The engine's vocabulary: device and precision names that the configuration (loaded by the
 # C-STORE path) checks. The package's __init__ imports nothing at load time and choices.py

@@ -132,6 +132,11 @@ class StoreTarget:
         self.folder = folder
         self.statuses: dict[int, int] = {}
 
+    def close(self) -> None:
+        """Stop the receiver's write-ahead log checkpoint thread and the spool connection."""
+        self.receiver.close()
+        self.spool.close()
+
 
 def check_store(target: StoreTarget, part: Part10, request_uid: str | None = None) -> int:
     """The C-STORE handler's property; returns the status it answered."""

@@ -6,6 +6,7 @@ are derandomized, so CI is repeatable.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,8 +22,10 @@ CI = settings(max_examples=150, deadline=None, derandomize=True, database=None,
 
 
 @pytest.fixture(scope="module")
-def target(tmp_path_factory: pytest.TempPathFactory) -> fuzz.StoreTarget:
-    return fuzz.StoreTarget(tmp_path_factory.mktemp("fuzz-spool"))
+def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[fuzz.StoreTarget]:
+    result = fuzz.StoreTarget(tmp_path_factory.mktemp("fuzz-spool"))
+    yield result
+    result.close()
 
 
 @pytest.mark.slow
@@ -44,6 +47,9 @@ def test_series_reader_raises_only_domain_errors(part: Part10):
 def test_unmutated_seeds_are_stored_and_decoded(tmp_path: Path):
     """The properties are not vacuous: every seed is accepted and fully decoded."""
     target = fuzz.StoreTarget(tmp_path)
-    for seed in fuzz.seeds():
-        assert fuzz.check_store(target, seed) == 0x0000
-        assert fuzz.check_reader(seed) == ["decoded"]
+    try:
+        for seed in fuzz.seeds():
+            assert fuzz.check_store(target, seed) == 0x0000
+            assert fuzz.check_reader(seed) == ["decoded"]
+    finally:
+        target.close()
