@@ -122,3 +122,32 @@ def test_files_whose_index_rows_were_lost_are_reindexed(spool: Spool):
     assert tuple(row) == (header.series_uid, str(path))
     assert _state(spool) == "receiving"
     assert spool.recover()["reindexed_files"] == 0
+
+
+def test_a_failed_rename_after_the_row_puts_the_spool_back(spool: Spool,
+                                                           monkeypatch: pytest.MonkeyPatch):
+    """The receiver's path commits the row before the rename: when the rename then fails,
+    a new instance leaves no row (nor an empty series) and a resent one keeps its earlier
+    row and file, so nothing refused stays in the spool."""
+    assert spool.store_instance(b"first", _header(1), "MOD", now=100, durable=False) is False
+    before = [tuple(r) for r in spool.db.execute("SELECT * FROM instances").fetchall()]
+
+    def no_room(source: str, target: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("dicomnode.files.os.replace", no_room)
+    for header, data in ((_header(1), b"second"), (_header(1, SERIES + ".7"), b"new")):
+        with pytest.raises(OSError):
+            spool.store_instance(data, header, "MOD", now=200, durable=False)
+    assert [tuple(r) for r in spool.db.execute("SELECT * FROM instances").fetchall()] == before
+    assert spool.instance_path(SERIES, f"{SERIES}.1").read_bytes() == b"first"
+    assert [r[0] for r in spool.db.execute("SELECT series_uid FROM series")] == [SERIES]
+    assert not list(spool.tmp_dir.iterdir())
+
+
+def test_forget_instance_takes_a_new_instance_out(spool: Spool):
+    spool.store_instance(b"refused", _header(3), "MOD", now=100, durable=False)
+    spool.forget_instance(_header(3))
+    assert spool.db.execute("SELECT COUNT(*) FROM instances").fetchone()[0] == 0
+    assert spool.db.execute("SELECT COUNT(*) FROM series").fetchone()[0] == 0
+    assert not spool.instance_path(SERIES, f"{SERIES}.3").exists()
