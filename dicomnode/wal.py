@@ -176,6 +176,7 @@ class WriteAheadLog:
         self._syncing = False
         self.syncs = 0
         self._wake = threading.Event()  # a roll asks the checkpoint for an early round
+        self._checkpointing = threading.Lock()
         self._sealed: list[_Segment] = []
         ids = [i for i, _ in segments(self.folder)] + [
             int(m.group(1)) for p in self.folder.glob("spare-*.seg")
@@ -355,7 +356,12 @@ class WriteAheadLog:
         """Retire sealed segments whose records are all settled; returns how many retired.
 
         ``seal`` first seals the current segment too (at shutdown, or to force it out).
+        One checkpoint at a time: the background one and a caller's must not retire twice.
         """
+        with self._checkpointing:
+            return self._checkpoint(seal)
+
+    def _checkpoint(self, seal: bool) -> int:
         with self._cond:
             if seal and self._current is not None and self._current.appended:
                 self._datasync(self._current.fd)
