@@ -27,11 +27,11 @@ import pydicom
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dicomnode.cluster import ClusterEngine  # noqa: E402
-from dicomnode.config import ClusterConfig, WorkerConfig  # noqa: E402
-from tests.conftest import MR_DIR  # noqa: E402
-from tests.peers import wait_for  # noqa: E402
-from tests.ray_cluster import RayCluster  # noqa: E402
+from dicomnode.cluster import ClusterEngine
+from dicomnode.config import ClusterConfig, WorkerConfig
+from tests.conftest import MR_DIR
+from tests.peers import wait_for
+from tests.ray_cluster import RayCluster
 
 
 def slices() -> np.ndarray:

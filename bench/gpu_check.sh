@@ -25,59 +25,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 PYTHON=${PYTHON:-python3}
 OUT=${OUT:-$ROOT/gpu_check_out}
-WHEELS=$ROOT/gpu_wheels
-# Exactly what the CUDA tests, the bench and `enhance` import beyond the preinstalled five.
-PACKAGES=(pydicom highdicom pillow pyjpegls typing-extensions packaging pylibjpeg
-          pylibjpeg-libjpeg pylibjpeg-openjpeg pylibjpeg-rle tqdm pytest pluggy iniconfig
-          pygments)
-
-if [[ "${1:-}" == "--download-wheels" ]]; then
-    version=${2:-$("$PYTHON" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')}
-    mkdir -p "$WHEELS"
-    "$PYTHON" -m pip download --dest "$WHEELS" --no-deps --only-binary=:all: \
-        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-        --platform manylinux2014_x86_64 --python-version "$version" "${PACKAGES[@]}"
-    echo "wheels for Python $version in $WHEELS ($(du -sh "$WHEELS" | cut -f1))"
-    exit 0
-fi
-
-START=$SECONDS
-step() { echo; echo "== $1 (at $((SECONDS - START)) s)"; }
-
-step "CUDA device"
-if ! "$PYTHON" - <<'EOF'
-import sys
-try:
-    import torch
-except ImportError:
-    sys.exit("torch is not importable with this Python: set PYTHON=/path/to/python")
-if not torch.cuda.is_available():
-    sys.exit(f"no CUDA device: torch {torch.__version__} (built for CUDA "
-             f"{torch.version.cuda or 'none'}) sees none; nothing to check on this machine")
-print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, "
-      f"{torch.cuda.device_count()} device(s): {torch.cuda.get_device_name(0)}")
-EOF
-then
-    echo "gpu_check: no CUDA device here; the CUDA path stays untested" >&2
-    exit 3
-fi
-command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version \
-    --format=csv,noheader || true
-
-step "dependencies"
-SITE=$OUT/site-packages
-mkdir -p "$OUT"
-if ! "$PYTHON" -c 'import pydicom, highdicom, pytest, tqdm' 2>/dev/null; then
-    if [[ ! -d "$WHEELS" ]]; then
-        echo "gpu_check: missing pydicom/highdicom/pytest and no $WHEELS: run" \
-             "'bash bench/gpu_check.sh --download-wheels' on a machine with network access" >&2
-        exit 2
-    fi
-    "$PYTHON" -m pip install --quiet --no-index --no-deps --find-links "$WHEELS" \
-        --target "$SITE" "${PACKAGES[@]}"
-fi
-export PYTHONPATH="$ROOT:$SITE${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONDONTWRITEBYTECODE=1
+# shellcheck source=bench/gpu_env.sh
+source "$ROOT/bench/gpu_env.sh" "$@"   # CUDA check, wheels, step()
 status=0
 
 step "CUDA tests (pytest -m gpu)"

@@ -72,6 +72,19 @@ def _parser() -> argparse.ArgumentParser:
                           help="write these numbers into the zoo card's [metrics] (a zoo "
                                "model only; weights and the rest of the card unchanged)")
 
+    pack = sub.add_parser("pack", help="a config's train and validation series as numpy "
+                                       "packs (for a machine without the DICOM folders)")
+    pack.add_argument("config", type=Path)
+    pack.add_argument("out", type=Path, help="folder for train/, val/<source>/ and PACK.json")
+    pack.add_argument("--max-mib", type=float, default=50.0,
+                      help="fail when the packs are larger (default 50)")
+    pack.add_argument("--val-slices", type=int, default=10,
+                      help="validation slices per series, evenly spaced (default 10)")
+    pack.add_argument("--slice-step", type=int, default=None,
+                      help="override [data] slice_step: every Nth training slice")
+    pack.add_argument("--val", action="append", default=None, metavar="FOLDER",
+                      help="validation folder instead of [data] val (repeat for several)")
+
     export = sub.add_parser("export", help="write models/NAME/ (card + safetensors) from a "
                                            "checkpoint")
     export.add_argument("checkpoint", type=Path, help="checkpoint file or run folder")
@@ -160,10 +173,41 @@ def _run(args: argparse.Namespace) -> int:
                                        args.models_dir, cross_scanner=args.cross_scanner)
             print(f"card updated: {card}")
         return 0
+    if args.command == "pack":
+        return _pack(args)
     from training.export import export
 
     folder = export(args.checkpoint, args.name, args.models_dir, args.metrics, args.version)
     print(f"wrote {folder}")
+    return 0
+
+
+def _pack(args: argparse.Namespace) -> int:
+    """Training's own series selection (``load_data``: split, slice_step), then the packs."""
+    from training.config import load_config
+    from training.data import evenly_spaced
+    from training.pack import pack
+    from training.train import load_data
+
+    if args.val_slices < 1:
+        raise ValueError(f"--val-slices must be positive, got {args.val_slices}")
+    config = load_config(args.config)
+    # inverted copies are made again where the packs are trained on (data.invert)
+    data = {**config.data, "invert": False}
+    if args.slice_step is not None:
+        if args.slice_step < 1:
+            raise ValueError(f"--slice-step must be positive, got {args.slice_step}")
+        data["slice_step"] = args.slice_step
+    if args.val:
+        data["val"] = [str(Path(v).resolve()) for v in args.val]
+    config = dataclasses.replace(config, data=data)
+    train, val = load_data(config)
+    val = [evenly_spaced(s, args.val_slices) for s in val]
+    summary = pack(train, val, args.out, max_mib=args.max_mib, about={
+        "config": str(args.config), "name": config.name,
+        "licences": list(config.data["licences"]), "slice_step": data["slice_step"]})
+    print(f"packed {len(summary['train'])} train and {len(summary['val'])} validation series, "
+          f"{summary['mib']} MiB, into {args.out}")
     return 0
 
 

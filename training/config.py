@@ -29,7 +29,7 @@ _OPT = {"name", "lr", "weight_decay", "betas", "d_lr"}
 _SCHED = {"name", "warmup", "step_size", "gamma", "min_lr_ratio", "follow_time_limit"}
 _TRAIN = {"iterations", "time_limit_minutes", "amp", "channels_last", "threads", "val_every",
           "checkpoint_every", "log_every", "out_dir", "device", "grad_clip", "d_start",
-          "init_from"}
+          "init_from", "prefill_workers"}
 
 
 @dataclass(frozen=True)
@@ -172,7 +172,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "config") -> TrainConfig:
     train = {"iterations": 1000, "time_limit_minutes": 0.0, "amp": "none",
              "channels_last": True, "threads": 1, "val_every": 200, "checkpoint_every": 200,
              "log_every": 20, "out_dir": f"runs/{name}", "device": "auto", "grad_clip": 0.0,
-             "d_start": 0, "init_from": "", **table("train", _TRAIN)}
+             "d_start": 0, "init_from": "", "prefill_workers": 0, **table("train", _TRAIN)}
     if not isinstance(schedule["follow_time_limit"], bool):
         problems.append(f"schedule.follow_time_limit = {schedule['follow_time_limit']!r}: "
                         "expected true or false")
@@ -184,6 +184,10 @@ def parse_config(raw: Mapping[str, Any], source: str = "config") -> TrainConfig:
         problems.append(f"train.amp = {train['amp']!r}: expected none, bf16 or fp16")
     if not isinstance(train["iterations"], int) or train["iterations"] < 1:
         problems.append(f"train.iterations = {train['iterations']!r}: expected >= 1")
+    workers = train["prefill_workers"]
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+        problems.append(f"train.prefill_workers = {workers!r}: expected 0 (simulate CT noise "
+                        "as training first needs it) or a number of processes")
     modalities = raw.get("modalities", [])
     if not isinstance(modalities, list) or not modalities:
         problems.append("modalities: required, e.g. [\"MR\"]")

@@ -21,6 +21,7 @@ from dicomnode.errors import InputRejected
 from dicomnode.padding import padding_range
 from dicomnode.pixels import modality_values, pixel_format
 from dicomnode.series import scan
+from training.pack import PackError, pack_files, read_pack
 from training.volumes import VolumeError, is_volume_file, read_volume, volume_files, volume_modality
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,8 @@ def load_series(
     ``modalities`` (e.g. ``["MR"]``) keeps only those; images smaller than ``min_size`` are left
     out (icons, localiser thumbnails). NIfTI / NRRD / MetaImage volumes in the folders become
     one series each (``training.volumes``: the folder holding a volume is its patient, the
-    config's single modality is theirs).
+    config's single modality is theirs). ``*.dnpack.npz`` files (``training.pack``: a
+    config's data packed for a machine without the DICOM folders) are series as packed.
     """
     wanted = {m.upper() for m in modalities} if modalities else None
     result: list[SeriesData] = []
@@ -79,6 +81,7 @@ def load_series(
         if not folder.exists():
             raise FileNotFoundError(f"data folder {folder} does not exist")
         result.extend(_volume_series(folder, modalities, min_size))
+        result.extend(_packed_series(folder, wanted))
         for series in scan(folder).series:
             modality = str(series.header.get("Modality", "") or "").upper()
             if wanted is not None and modality not in wanted:
@@ -151,6 +154,28 @@ def _volume_series(folder: Path, modalities: Sequence[str] | None, min_size: int
             patient_id=patient, series_uid=f"volume:{path.name}", modality=modality,
             folder=folder, slices=slices, pixel_spacing=spacing,
             description=path.name.split(".")[0],
+        ))
+    return result
+
+
+def _packed_series(folder: Path, wanted: set[str] | None) -> list[SeriesData]:
+    """The packed series directly in ``folder`` (none: an empty list)."""
+    result = []
+    for path in pack_files(folder) if folder.is_dir() else []:
+        try:
+            meta, slices = read_pack(path)
+        except PackError as exc:
+            log.info("skipped file=%s reason=%s", path, exc)
+            continue
+        if wanted is not None and meta["modality"] not in wanted:
+            continue
+        padding = meta["padding"]
+        result.append(SeriesData(
+            patient_id=meta["patient_id"], series_uid=meta["series_uid"],
+            modality=meta["modality"], folder=folder, slices=slices,
+            pixel_spacing=meta["pixel_spacing"], photometric=meta["photometric"],
+            description=meta["description"],
+            padding=(float(padding[0]), float(padding[1])) if padding is not None else None,
         ))
     return result
 

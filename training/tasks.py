@@ -403,28 +403,42 @@ class Task:
         So every pair gets fresh noise with the simulation's texture from a few simulations.
         """
         if not self.mix:
-            return self._ct_noise(series, index, dose, int(rng.integers(self.realisations)))
+            return self.ct_noise(series, index, dose, int(rng.integers(self.realisations)))
         reference = self.mix_reference_dose
         first, second = rng.choice(self.realisations, size=2, replace=False)
         angle = rng.uniform(0.0, 2.0 * np.pi)
-        mixed = (np.cos(angle) * self._ct_noise(series, index, reference, int(first))
-                 + np.sin(angle) * self._ct_noise(series, index, reference, int(second)))
+        mixed = (np.cos(angle) * self.ct_noise(series, index, reference, int(first))
+                 + np.sin(angle) * self.ct_noise(series, index, reference, int(second)))
         return (np.sqrt(reference / dose) * mixed).astype(np.float32)
 
-    def _ct_noise(self, series: SeriesData, index: int, dose: float, realisation: int
-                  ) -> np.ndarray:
+    def ct_noise_keys(self) -> list[tuple[float, int]]:
+        """The (dose, realisation) pairs training draws per slice: what a cache must hold."""
+        doses = [self.mix_reference_dose] if self.mix else list(self.train_levels)
+        return [(d, r) for d in doses for r in range(self.realisations)]
+
+    def _ct_noise_path(self, series: SeriesData, index: int, dose: float, realisation: int
+                       ) -> tuple[int, Path | None]:
+        seed = stable_seed("ct-noise", series.key, index, dose, realisation, self.i0, self.views)
+        path = None if self.cache_dir is None else self.cache_dir / f"ct_noise_{seed:08x}.npy"
+        return seed, path
+
+    def ct_noise_cached(self, series: SeriesData, index: int, dose: float, realisation: int
+                        ) -> bool:
+        """Whether this realisation is on disk already (``training.prefill``)."""
+        path = self._ct_noise_path(series, index, dose, realisation)[1]
+        return path is not None and path.is_file()
+
+    def ct_noise(self, series: SeriesData, index: int, dose: float, realisation: int
+                 ) -> np.ndarray:
         """Added noise (HU) of one slice at one dose, computed once (memory and disk cache)."""
         key = (series.key, index, dose, realisation)
         if key in self._noise_cache:
             return self._noise_cache[key]
-        seed = stable_seed("ct-noise", series.key, index, dose, realisation, self.i0, self.views)
-        path = None
-        if self.cache_dir is not None:
-            path = self.cache_dir / f"ct_noise_{seed:08x}.npy"
-            if path.is_file():
-                noise = np.load(path, allow_pickle=False)
-                self._noise_cache[key] = noise
-                return noise
+        seed, path = self._ct_noise_path(series, index, dose, realisation)
+        if path is not None and path.is_file():
+            noise = np.load(path, allow_pickle=False)
+            self._noise_cache[key] = noise
+            return noise
         image = series.slices[index].astype(np.float64)
         noisy = self._ct_slice(image, self._spacing(series), dose, np.random.default_rng(seed))
         noise = (noisy - image).astype(np.float32)

@@ -55,6 +55,7 @@ from training.data import (
 )
 from training.evaluate import network_model, node_inputs, restore_padding
 from training.metrics import average, series_metrics
+from training.prefill import prefill_ct_noise
 from training.tasks import padding_edge_weights
 
 log = logging.getLogger(__name__)
@@ -299,6 +300,8 @@ def _train(config: TrainConfig, resume: bool, progress: bool, stop_after: int | 
         log.info("train series=%d slices=%d, validation series=%d slices=%d, processes=%d",
                  len(train_series), sum(len(s.slices) for s in train_series), len(val_series),
                  sum(len(s.slices) for s in val_series), world)
+    if int(tc["prefill_workers"]) > 0 and rank == 0:
+        prefill_ct_noise(setup.task, train_series, int(tc["prefill_workers"]))
     sampler = BatchSampler(setup, train_series)
     validator = Validator(setup, val_series) if rank == 0 and val_series else None
 
