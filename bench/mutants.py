@@ -58,8 +58,8 @@ MUTANTS = (
     Mutant("no-folder-fsync", "atomic writes skip the fsync of the folder after the rename",
            ("tests/node/test_durability.py::test_success_is_sent_only_after_the_instance_is_"
             "durable",),
-           "dicomnode/files.py", "    if fsync:\n        _fsync_directory(folder)",
-           "    if False:\n        _fsync_directory(folder)"),
+           "dicomnode/files.py", "    if fsync:\n        fsync_dir(folder)",
+           "    if False:\n        fsync_dir(folder)"),
     Mutant("lost-response-permanent",
            "a C-STORE without a response (abort, DIMSE timeout) classified permanent",
            ("tests/node/test_lost_response.py",),

@@ -16,6 +16,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from dicomnode import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicomnode.errors import DeriveError
+from dicomnode.wal import fsync_dir
 
 _UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
@@ -70,7 +71,7 @@ def atomic_write_bytes(path: Path, data: bytes, fsync: bool = True,
         Path(tmp_name).unlink(missing_ok=True)
         raise
     if fsync:
-        _fsync_directory(folder)
+        fsync_dir(folder)
 
 
 def encode_dataset(ds: Dataset) -> bytes:
@@ -98,11 +99,3 @@ def write_dataset(ds: Dataset, path: Path, fsync: bool = True) -> Path:
     """Encode and write ``ds`` atomically; returns the path."""
     atomic_write_bytes(path, encode_dataset(ds), fsync=fsync)
     return path
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

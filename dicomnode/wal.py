@@ -139,6 +139,7 @@ def syncfs(folder: Path) -> None:
 
 
 def fsync_dir(folder: Path) -> None:
+    """Make a folder's entries (a create, a rename) durable: a file's own fsync does not."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
