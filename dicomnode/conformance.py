@@ -274,10 +274,11 @@ modality / router --C-STORE--> [DICOMNODE AE, SCP] --> spool (disk + SQLite inde
 #### Functional definition of the AE
 
 One Application Entity (default AE title `DICOMNODE`, `node.ae_title`) is both SCP and SCU.
-As SCP it stores every received instance durably (flushed, fsync-ed, indexed) before it
-answers Success, and never changes it. A series is *stable* after `node.series_idle_seconds`
-without a new instance; every configured rule whose `match` holds then makes one derived
-series, which is queued for each of the rule's destinations and sent by the SCU.
+As SCP it answers Success only after the instance is durable on disk (write-ahead log,
+fdatasync) and indexed, and never changes the instance. A series is *stable* after
+`node.series_idle_seconds` without a new instance; every configured rule whose `match` holds
+then makes one derived series, which is queued for each of the rule's destinations and sent
+by the SCU.
 
 #### Sequencing of real-world activities
 
@@ -331,7 +332,7 @@ finished. Received instances are never modified; derived objects are new instanc
 
 | Status | Code | When |
 | --- | --- | --- |
-| Success | `0x{ok:04X}` | the instance is on disk (flushed) and in the index |
+| Success | `0x{ok:04X}` | after the instance is durable on disk (write-ahead log, fdatasync) and in the index |
 | Refused: out of resources | `0x{oor:04X}` | free disk below `node.min_free_disk_mb`, or a write error |
 | Error: data set does not match SOP class | `0x{mismatch:04X}` | SOP Instance/Class UID in the data set differ from the C-STORE request |
 | Error: cannot understand | `0x{cannot:04X}` | the data set cannot be parsed, or lacks a UID the index needs; the Error Comment says which |
