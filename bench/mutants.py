@@ -50,16 +50,11 @@ def _random_weights(model: str) -> Mutant:
 
 MUTANTS = (
     *(_random_weights(m) for m in ("mr-sr-x2", "mr-denoise", "ct-denoise", "xr-denoise")),
-    Mutant("no-fsync", "spool.store_instance writes without fsync (file and folder)",
+    Mutant("wal-no-sync", "the write-ahead log answers Success without its fdatasync",
            ("tests/node/test_durability.py::test_success_is_sent_only_after_the_instance_is_"
             "durable",),
-           "dicomnode/spool.py", "atomic_write_bytes(path, data, fsync=True, tmp_dir=",
-           "atomic_write_bytes(path, data, fsync=False, tmp_dir="),
-    Mutant("no-folder-fsync", "atomic writes skip the fsync of the folder after the rename",
-           ("tests/node/test_durability.py::test_success_is_sent_only_after_the_instance_is_"
-            "durable",),
-           "dicomnode/files.py", "    if fsync:\n        fsync_dir(folder)",
-           "    if False:\n        fsync_dir(folder)"),
+           "dicomnode/wal.py", "                try:\n                    self._datasync(fd)\n",
+           "                try:\n                    pass\n"),
     Mutant("lost-response-permanent",
            "a C-STORE without a response (abort, DIMSE timeout) classified permanent",
            ("tests/node/test_lost_response.py",),

@@ -134,8 +134,8 @@ class Spool:
                                   check_same_thread=not shared)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
-        # Instance files are fsync-ed before Success is answered; the index may lose its last
-        # commits on power loss (never on a crash) and ``recover`` re-indexes such files.
+        # Success waits for the write-ahead log's fdatasync (dicomnode.wal), not for this index;
+        # it may lose its last commits on power loss (never on a crash): recovery re-indexes.
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA busy_timeout=30000")
         self.db.executescript(_SCHEMA)
