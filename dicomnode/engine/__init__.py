@@ -71,14 +71,18 @@ def load(
     tile: int | None = 512,
     overlap: int = 32,
     batch_size: int = 8,
+    runtime: str = "torch",
 ) -> Enhancer:
     """The enhancer a card (or a model name in the zoo) describes: a classical algorithm, or a
     network from safetensors, its weights checked against the card's sha256.
 
     ``device`` (``auto|cpu|cuda|cuda:N|mps``), ``precision`` (``auto|fp32|fp16|bf16``, within
     the card's ``[inference] precisions``), ``tile``, ``overlap`` and ``batch_size`` configure
-    how a network runs (see :func:`dicomnode.engine.inference.infer`); classical algorithms
-    ignore them.
+    how a network runs (see :func:`dicomnode.engine.inference.infer`); ``runtime``
+    (``auto|torch|onnxruntime``, :func:`dicomnode.engine.runtimes.choose_runtime`) what computes
+    its passes on a CPU: torch by default here (the reference: training's evaluation, benches),
+    ``[worker] runtime`` and ``enhance --runtime`` (default ``auto``) for the node. Classical
+    algorithms ignore them all.
     """
     from dicomnode.engine.cards import ModelCard, check_runnable, load_card
     from dicomnode.engine.classical import CLASSICAL
@@ -97,4 +101,4 @@ def load(
     from dicomnode.engine.learned import load_network_enhancer
 
     return load_network_enhancer(card, device=device, precision=precision, tile=tile,
-                                 overlap=overlap, batch_size=batch_size)
+                                 overlap=overlap, batch_size=batch_size, runtime=runtime)

@@ -26,6 +26,7 @@ from dicomnode.engine.devices import choose_precision, resolve_device
 from dicomnode.engine.guards import apply_guards
 from dicomnode.engine.inference import CPU_PASS_PIXELS, DEFAULT_OVERLAP, DEFAULT_TILE, infer
 from dicomnode.engine.normalise import Normaliser
+from dicomnode.engine.runtimes import choose_runtime
 from dicomnode.errors import ModelError
 from dicomnode.logs import event
 from dicomnode.nets import build_network, image_border
@@ -99,9 +100,14 @@ class NetworkEnhancer:
     """
 
     def __init__(self, card: ModelCard, network: nn.Module, device: torch.device,
-                 precision: str, tile: int | None, overlap: int, batch_size: int) -> None:
+                 precision: str, tile: int | None, overlap: int, batch_size: int,
+                 runtime: str = "torch", runner: nn.Module | None = None) -> None:
         self.card = card
         self.network = network
+        # what computes each pass: the network itself, or its ONNX Runtime session
+        # (dicomnode.engine.runtimes), which falls back to the network on any error
+        self.runtime = runtime
+        self.runner = network if runner is None else runner
         self.device = device
         self.precision = precision
         self.tile = tile
@@ -139,7 +145,7 @@ class NetworkEnhancer:
         if context:
             # (N, H, W, 2c+1) view -> (N, 2c+1, H, W): each slice with its neighbours as channels
             scaled = np.moveaxis(sliding_window_view(scaled, 2 * context + 1, axis=0), -1, 1)
-        output = infer(scaled, self.network, self.device, self.precision, self.tile,
+        output = infer(scaled, self.runner, self.device, self.precision, self.tile,
                        self.overlap, self.batch_size, border=image_border(self.network))
         output = normaliser.inverse(output.reshape(len(scaled), *output.shape[-2:]))
         centre = stack[context:len(stack) - context]
@@ -175,26 +181,34 @@ class SeriesEnhancer:
 
 def load_network_enhancer(card: ModelCard, device: str = "auto", precision: str = "auto",
                           tile: int | None = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
-                          batch_size: int = 8) -> NetworkEnhancer:
-    """Build, load and place a card's network; the device and precision are decided here, once.
+                          batch_size: int = 8, runtime: str = "torch") -> NetworkEnhancer:
+    """Build, load and place a card's network; device, precision and runtime are decided here,
+    once.
 
     ``precision = "auto"`` on a CPU, for a card that validated bf16, times this network on one
-    CPU pass in fp32 and bf16 (:func:`dicomnode.engine.devices.measured_cpu_precision`).
+    CPU pass in fp32 and bf16 (:func:`dicomnode.engine.devices.measured_cpu_precision`);
+    ``runtime = "auto"`` on a CPU then times torch against ONNX Runtime on one tile
+    (:func:`dicomnode.engine.runtimes.choose_runtime`).
     """
     network = build_model(card)
-    enhancer = network_enhancer(card, network, device, precision, tile, overlap, batch_size)
+    enhancer = network_enhancer(card, network, device, precision, tile, overlap, batch_size,
+                                runtime)
     event(log, "model_loaded", model=card.name, version=card.version,
           architecture=card.architecture, device=str(enhancer.device),
-          precision=enhancer.precision, guards=",".join(card.active_guards) or "none")
+          precision=enhancer.precision, runtime=enhancer.runtime,
+          guards=",".join(card.active_guards) or "none")
     return enhancer
 
 
 def network_enhancer(card: ModelCard, network: nn.Module, device: str = "auto",
                      precision: str = "auto", tile: int | None = DEFAULT_TILE,
-                     overlap: int = DEFAULT_OVERLAP, batch_size: int = 8) -> NetworkEnhancer:
+                     overlap: int = DEFAULT_OVERLAP, batch_size: int = 8,
+                     runtime: str = "torch") -> NetworkEnhancer:
     """The enhancer of a network already built and loaded: the zoo's models (through
     :func:`load_network_enhancer`) and training's in-memory networks (validation during a run,
-    checkpoints) run through this one function, so both give the same pixels."""
+    checkpoints) run through this one function, so both give the same pixels. ``runtime``
+    defaults to torch here: a network in training changes between calls, and exporting it for
+    every validation would cost more than it saves."""
     if batch_size < 1 or overlap < 0 or (tile is not None and tile < 1):
         raise ModelError(f"model {card.name!r}: batch_size {batch_size}, tile {tile} and overlap "
                          f"{overlap} must be >= 1, >= 1 (or none) and >= 0")
@@ -204,7 +218,11 @@ def network_enhancer(card: ModelCard, network: nn.Module, device: str = "auto",
     chosen = choose_precision(precision, target, card.precisions,
                               probe=precision_probe(network, target),
                               probe_key=precision_key(card))
-    return NetworkEnhancer(card, network, target, chosen, tile, overlap, batch_size)
+    used, runner = choose_runtime(runtime, network, target, chosen, tile, image_border(network),
+                                  key=runtime_key(card, chosen, tile), name=card.name)
+    if used == "onnxruntime":
+        chosen = "fp32"  # the exported graph computes in fp32
+    return NetworkEnhancer(card, network, target, chosen, tile, overlap, batch_size, used, runner)
 
 
 def precision_probe(network: nn.Module, device: torch.device) -> Callable[[str], object]:
@@ -220,6 +238,12 @@ def precision_probe(network: nn.Module, device: torch.device) -> Callable[[str],
                      border=border)
 
     return probe
+
+
+def runtime_key(card: ModelCard, precision: str, tile: int | None) -> Hashable:
+    """What a measured runtime depends on: the network and its weights (the comparison's
+    output), the threads, torch's precision and the tile size."""
+    return (*precision_key(card), card.weights_sha256, precision, tile)
 
 
 def precision_key(card: ModelCard) -> Hashable:
