@@ -16,7 +16,7 @@ from pathlib import Path
 
 from dicomnode import __version__
 from dicomnode.config import Config, load_config
-from dicomnode.engine.choices import DEVICE_PATTERN
+from dicomnode.engine.choices import DEVICE_PATTERN, RUNTIME_CHOICES
 from dicomnode.errors import ConfigError, DeriveError, DicomNodeError, ModelError
 
 log = logging.getLogger("dicomnode.cli")
@@ -76,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", type=Path, metavar="OUT_DIR")
     p.add_argument("--model", required=True, help="model name in the zoo (dicomnode models)")
     p.add_argument("--device", default="auto", type=_device, help="auto|cpu|cuda|cuda:N|mps")
+    p.add_argument("--runtime", default="auto", choices=RUNTIME_CHOICES,
+                   help="what runs a learned model on a CPU: auto (ONNX Runtime where it "
+                        "measures >= 1.5x faster than torch at load), torch or onnxruntime")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--difference", action="store_true",
@@ -223,6 +226,8 @@ def _check_config(args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"  - {problem}", file=sys.stderr)
         return EXIT_ERROR
+    for warning in runtime_warnings(config.worker.runtime, config.worker.device):
+        print(f"dicomnode check-config: warning: worker.runtime: {warning}", file=sys.stderr)
     if config.cluster.engine == "ray":
         from dicomnode.cluster import reachable
 
@@ -233,6 +238,21 @@ def _check_config(args: argparse.Namespace) -> int:
     print(f"{args.config}: OK ({len(config.destinations)} destination(s), "
           f"{len(config.rules)} rule(s))")
     return EXIT_OK
+
+
+def runtime_warnings(runtime: str, device: str) -> list[str]:
+    """Why ``[worker] runtime`` will not do what it says here (the node still runs: torch)."""
+    import importlib.util
+
+    if runtime == "torch":
+        return []
+    found = []
+    if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:
+        found.append(f"{runtime!r} needs the onnxruntime and onnx packages, which are not "
+                     "installed (pip install onnxruntime onnx); learned models run on torch")
+    if runtime == "onnxruntime" and device not in ("cpu", "auto"):
+        found.append(f"'onnxruntime' is used on CPU devices only; device = {device!r} runs torch")
+    return found
 
 
 def _echo(args: argparse.Namespace) -> int:
@@ -285,7 +305,8 @@ def _enhance(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ConfigError(["--batch-size: expected an integer >= 1"], "enhance")
-    enhancer = load_model(args.model, device=args.device, batch_size=args.batch_size)
+    enhancer = load_model(args.model, device=args.device, batch_size=args.batch_size,
+                          runtime=args.runtime)
     if not args.in_dir.exists():
         raise DicomNodeError(f"input folder {args.in_dir} does not exist")
     started = time.perf_counter()

@@ -352,7 +352,8 @@ class Replica:
 
             w = self.worker
             self.models[name] = load(name, device=w.device, precision=w.precision,
-                                     tile=w.tile_size, batch_size=w.batch_size)
+                                     runtime=w.runtime, tile=w.tile_size,
+                                     batch_size=w.batch_size)
         return self.models[name]
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydicom.datadict import tag_for_keyword
 
-from dicomnode.engine.choices import DEVICE_PATTERN, PRECISION_CHOICES
+from dicomnode.engine.choices import DEVICE_PATTERN, PRECISION_CHOICES, RUNTIME_CHOICES
 from dicomnode.errors import ConfigError
 
 DESTINATION_TYPES = ("dicom", "folder", "dicomweb")
@@ -83,6 +83,7 @@ class WorkerConfig:
     batch_size: int = 8
     tile_size: int = 512
     workers: int = 1
+    runtime: str = "auto"  # auto | torch | onnxruntime (learned models on a CPU)
 
 
 @dataclass(frozen=True)
@@ -315,7 +316,8 @@ def _parse_http(c: _Checker, t: Mapping[str, Any]) -> HttpConfig:
 
 def _parse_worker(c: _Checker, t: Mapping[str, Any]) -> WorkerConfig:
     d = WorkerConfig()
-    c.known_keys(t, "worker", ("device", "precision", "batch_size", "tile_size", "workers"))
+    c.known_keys(t, "worker", ("device", "precision", "runtime", "batch_size", "tile_size",
+                               "workers"))
 
     def device_problem(value: str) -> str | None:
         if DEVICE_PATTERN.match(value):
@@ -326,9 +328,15 @@ def _parse_worker(c: _Checker, t: Mapping[str, Any]) -> WorkerConfig:
         return (None if value in PRECISION_CHOICES
                 else f"expected one of {', '.join(PRECISION_CHOICES)}")
 
+    def runtime_problem(value: str) -> str | None:
+        return (None if value in RUNTIME_CHOICES
+                else f"expected one of {', '.join(RUNTIME_CHOICES)} (auto: ONNX Runtime where "
+                     "it measures 1.5x faster than torch on a CPU)")
+
     return WorkerConfig(
         device=c.get(t, "device", "worker", str, d.device, device_problem),
         precision=c.get(t, "precision", "worker", str, d.precision, precision_problem),
+        runtime=c.get(t, "runtime", "worker", str, d.runtime, runtime_problem),
         batch_size=c.integer(t, "batch_size", "worker", d.batch_size, 1, 4096),
         tile_size=c.integer(t, "tile_size", "worker", d.tile_size, 32, 16384),
         workers=c.integer(t, "workers", "worker", d.workers, 1, 256),

@@ -82,6 +82,7 @@ show_phi = false                # true: the status page shows patient names and 
 [worker]
 device = "auto"                 # auto | cpu | cuda | cuda:N | mps
 precision = "auto"              # auto | fp32 | fp16 | bf16
+runtime = "auto"                # auto | torch | onnxruntime: auto times both at load (CPU)
 batch_size = 8
 tile_size = 512                 # larger images are processed in overlapping tiles
 workers = 1
