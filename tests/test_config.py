@@ -1,4 +1,6 @@
-"""config.toml (SPEC section 3): defaults, every class of problem with its key path, the CLI.
+"""config.toml (SPEC section 3): defaults, every class of problem with its key path.
+
+``dicomnode check-config`` is tested in tests/test_cli.py, with the builders below.
 
 Config files are written into ``tmp_path``; the zoo is the repository's ``models/`` folder
 (``bicubic-x2``, ``nlm-denoise``) unless a test builds its own.
@@ -7,15 +9,11 @@ Config files are written into ``tmp_path``; the zoo is the repository's ``models
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
-import logging
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from dicomnode.cli import main
 from dicomnode.config import (
     Config,
     Destination,
@@ -724,121 +722,6 @@ def test_config_objects_are_frozen(tmp_path: Path) -> None:
     assert isinstance(config.destinations, tuple) and isinstance(config.rules, tuple)
     assert isinstance(config.node.allowed_calling_aets, tuple)
     assert isinstance(config.rules[0].destinations, tuple)
-
-
-# --- dicomnode check-config ---------------------------------------------------------------------
-
-CheckConfig = Callable[[Path], tuple[int, str, str]]
-
-
-@pytest.fixture
-def check_config(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> Iterator[CheckConfig]:
-    """Runs ``dicomnode check-config --config PATH``; returns (exit code, stdout, stderr)."""
-    monkeypatch.delenv("DICOMNODE_MODELS", raising=False)  # the repository's zoo
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-
-    def run(path: Path) -> tuple[int, str, str]:
-        code = main(["check-config", "--config", str(path)])
-        out, err = capsys.readouterr()
-        assert "Traceback" not in out + err
-        return code, out, err
-
-    yield run
-    root.handlers[:] = handlers  # main() installs its own log handler on the root logger
-    root.setLevel(level)
-
-
-def test_check_config_accepts_the_repository_config(check_config: CheckConfig) -> None:
-    code, out, _ = check_config(REPO_CONFIG)
-    assert code == 0
-    assert f"{REPO_CONFIG}: OK (1 destination(s), 1 rule(s))" in out
-
-
-def test_check_config_reports_problems_with_their_key_path(
-    tmp_path: Path, check_config: CheckConfig
-) -> None:
-    path = write(tmp_path, make_config(
-        node_keys=node(ae_title=q("A" * 17)),
-        destinations=dicom_dest(port=q("eleven")),
-    ))
-    code, out, err = check_config(path)
-    assert code == 1
-    assert out == ""
-    assert f"dicomnode check-config: {path}: 2 problem(s):" in err
-    assert "  - node.ae_title: an AE title has at most 16 characters, this has 17" in err
-    assert '  - destinations[0].port: expected an integer 1-65535, got "eleven"' in err
-
-
-def test_check_config_refuses_a_model_missing_from_the_zoo(
-    tmp_path: Path, check_config: CheckConfig
-) -> None:
-    code, _, err = check_config(write(tmp_path, make_config(rules=rule(model=q("mr-sr-x9")))))
-    assert code == 1
-    assert "rules[0].model: no model 'mr-sr-x9' in the model zoo" in err
-
-
-def test_check_config_loads_each_rules_model_card(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, check_config: CheckConfig
-) -> None:
-    zoo = tmp_path / "zoo"
-    (zoo / "broken").mkdir(parents=True)
-    (zoo / "broken" / "model.toml").write_text('name = "broken"\n', encoding="utf-8")
-    (zoo / "learned-x2").mkdir()
-    (zoo / "learned-x2" / "model.toml").write_text(
-        'name = "learned-x2"\nversion = "1.0.0"\ntask = "super-resolution"\nscale = 2\n'
-        f'modalities = ["MR"]\n[architecture]\nname = "unet"\n[weights]\nsha256 = "{"0" * 64}"\n',
-        encoding="utf-8",
-    )
-    monkeypatch.setenv("DICOMNODE_MODELS", str(zoo))
-    path = write(tmp_path, make_config(
-        rules=rule(model=q("broken")) + "\n" + rule(name=q("sr"), model=q("learned-x2"))))
-
-    code, out, err = check_config(path)
-    assert code == 1
-    assert out == ""
-    assert f"dicomnode check-config: {path}: 2 problem(s):" in err
-    assert "  - rules[0].model: " in err and "invalid card" in err
-    assert "  - rules[1].model: model 'learned-x2': weights file " in err
-    assert "is missing" in err
-
-
-def test_check_config_warns_when_onnxruntime_cannot_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, check_config: CheckConfig
-) -> None:
-    path = write(tmp_path, make_config(worker='device = "cuda:1"\nruntime = "onnxruntime"'))
-    code, out, err = check_config(path)
-    assert code == 0  # the node runs: on torch
-    assert "OK" in out
-    assert ("warning: worker.runtime: 'onnxruntime' is used on CPU devices only; "
-            "device = 'cuda:1' runs torch") in err
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "onnxruntime" else real(name, *a))
-    code, _, err = check_config(write(tmp_path, make_config(worker='runtime = "auto"')))
-    assert code == 0
-    assert ("warning: worker.runtime: 'auto' needs the onnxruntime and onnx packages, which are "
-            "not installed") in err
-    code, _, err = check_config(write(tmp_path, make_config(worker='runtime = "torch"')))
-    assert code == 0 and "worker.runtime" not in err
-
-
-@pytest.mark.parametrize(("text", "expected"), [
-    pytest.param(None, "file not found; create it or pass --config PATH", id="missing"),
-    pytest.param("[node\n", "not valid TOML: ", id="syntax"),
-])
-def test_check_config_reports_an_unusable_file(
-    tmp_path: Path, check_config: CheckConfig, text: str | None, expected: str
-) -> None:
-    path = tmp_path / "config.toml"
-    if text is not None:
-        path.write_text(text, encoding="utf-8")
-    code, out, err = check_config(path)
-    assert code == 1
-    assert out == ""
-    assert f"dicomnode check-config: {path}: 1 problem(s):\n  - {expected}" in err
 
 
 @pytest.mark.parametrize(("host", "loopback"), [

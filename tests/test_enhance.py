@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -181,22 +178,6 @@ def test_derived_input_is_not_processed_again(tmp_path: Path, capsys):
                  "--model", "nlm-denoise", "--no-progress"]) == 1
     assert "produced by dicomnode" in capsys.readouterr().err
     assert not (tmp_path / "twice").exists() or not _derived(tmp_path / "twice")
-
-
-def test_models_lists_the_zoo(capsys):
-    assert main(["models", "--json"]) == 0
-    cards = {c["name"]: c for c in json.loads(capsys.readouterr().out)}
-    assert cards["bicubic-x2"]["task"] == "super-resolution" and cards["bicubic-x2"]["scale"] == 2
-    assert cards["nlm-denoise"]["task"] == "denoise" and not cards["nlm-denoise"]["learned"]
-    assert main(["models"]) == 0
-    assert "nlm-denoise" in capsys.readouterr().out
-
-
-def test_console_script_usage_error_exits_2():
-    script = Path(sys.executable).parent / "dicomnode"
-    result = subprocess.run([str(script), "enhance"], capture_output=True, text=True)
-    assert result.returncode == 2
-    assert "usage:" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_two_files_with_one_sop_instance_uid_derive_once(tmp_path: Path, capsys):
