@@ -33,6 +33,8 @@ class Node:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.stopping = threading.Event()
+        self._shutdown_lock = threading.Lock()
+        self._shut_down = False
         self.work_wake = threading.Event()
         self.send_wakes = {d.name: threading.Event() for d in config.destinations}
         self.spool = Spool(config.node.storage_dir, shared=True)
@@ -89,7 +91,14 @@ class Node:
         self.shutdown()
 
     def shutdown(self) -> None:
-        """Stop accepting, let work in flight finish (or leave it queued), close."""
+        """Stop accepting, let work in flight finish (or leave it queued), close.
+
+        A second call (``run``'s own and a caller's both stopping) does nothing.
+        """
+        with self._shutdown_lock:
+            if self._shut_down:
+                return
+            self._shut_down = True
         self.stopping.set()
         if self.scp is not None:
             self.scp.shutdown()  # no new associations; open ones end with the server

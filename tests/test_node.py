@@ -37,8 +37,7 @@ def node(tmp_path: Path) -> Iterator[Node]:
     started = Node(config)
     started.start()
     yield started
-    if not started.stopping.is_set():  # the test did not shut it down itself
-        started.shutdown()
+    started.shutdown()  # a second call after a test's own does nothing
 
 
 def _get(node: Node, path: str) -> tuple[int, bytes]:
@@ -94,3 +93,17 @@ def test_shutdown_closes_every_port_and_stops_every_thread(
     assert node.health()["checks"]["scp"] is False
     stopped = [r for r in caplog.records if r.getMessage() == "node_stopped"]
     assert [r.fields["unfinished"] for r in stopped] == ["none"]  # type: ignore[attr-defined]
+
+
+def test_shutdown_after_a_stop_request_still_closes_and_a_second_call_is_a_no_op(
+        node: Node, caplog: pytest.LogCaptureFixture) -> None:
+    """SIGTERM's handler only sets ``stopping``; ``run`` then calls ``shutdown``, which must
+    still close everything, and a later call must neither raise nor log a second stop."""
+    assert node.http is not None
+    dicom_port = node.config.node.port
+    caplog.set_level(logging.INFO, logger="dicomnode.node")
+    node.stopping.set()  # what the signal handler does
+    node.shutdown()
+    assert not port_open(dicom_port)
+    node.shutdown()
+    assert [r.getMessage() for r in caplog.records].count("node_stopped") == 1
