@@ -106,11 +106,17 @@ def test_padding_mask_only_for_declared_padding_that_is_present():
 
 
 class _Seen:
-    """An identity enhancer that keeps what it was shown."""
+    """An identity enhancer (the whole ``Enhancer`` protocol) that keeps what it was shown."""
+
+    context = 0
+    needs_sample = False
 
     def __init__(self, card) -> None:  # type: ignore[no-untyped-def]
         self.card = card
         self.stacks: list[np.ndarray] = []
+
+    def for_series(self, sample):  # type: ignore[no-untyped-def]
+        return self
 
     def __call__(self, stack: np.ndarray) -> np.ndarray:
         self.stacks.append(stack.copy())
