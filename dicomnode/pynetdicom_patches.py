@@ -133,6 +133,7 @@ def _patch_dul() -> None:
     original_init = cls.__init__
 
     def __init__(self: Any, assoc: Any) -> None:
+        self._sleeping = True  # until the reactor runs, every put signals
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -141,6 +142,12 @@ def _patch_dul() -> None:
         self.to_provider_queue = _WakingQueue(self._wake_dul)
 
     def _wake_dul(self: Any) -> None:
+        # Only a DUL thread in (or entering) its wait needs the byte: it sets ``_sleeping``
+        # before it looks at its queues and kill flag, so a put seen as not sleeping is
+        # found by that look (one interpreter: the put's flag read and the thread's flag
+        # write are ordered). Saves ~8 socket sends and wake-ups per C-STORE.
+        if not self.__dict__.get("_sleeping", True):
+            return
         # A full buffer means it is already signalled; closed means the reactor has ended.
         with contextlib.suppress(BlockingIOError, OSError):
             self._wake_w.send(b"\0")
@@ -162,6 +169,17 @@ def _patch_dul() -> None:
 
 def _dul_wait(self: Any) -> None:
     """Block until the peer sends, a queue is fed, the thread is killed, or the ceiling."""
+    self._sleeping = True  # from here on every put sends a wake-up byte
+    try:
+        if self._kill_thread or not self.event_queue.empty() or \
+                not self.to_provider_queue.empty():
+            return  # put before the flag was set: no byte came for it
+        _dul_select(self)
+    finally:
+        self._sleeping = False
+
+
+def _dul_select(self: Any) -> None:
     raw = None
     sock = self.socket
     if sock is not None and getattr(sock, "_is_connected", False):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, dul, evt
 from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
@@ -259,3 +259,69 @@ def test_a_fast_rejection_is_a_rejection_and_a_closed_port_is_not():
     requestor.add_requested_context(Verification)
     assoc = requestor.associate("127.0.0.1", free_port(), ae_title="NOBODY")
     assert not assoc.is_rejected and not assoc.is_established and assoc.is_aborted
+
+
+class _IdleDul:
+    """The parts of a DUL that its wait and its queues' wake-ups touch (no association)."""
+
+    _kill_thread = False
+    socket = None
+
+    def __init__(self) -> None:
+        self._sleeping = False  # the reactor is busy, as after its first wait
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self.event_queue = pynetdicom_patches._WakingQueue(self._wake_dul)
+        self.to_provider_queue = pynetdicom_patches._WakingQueue(self._wake_dul)
+
+    def _wake_dul(self) -> None:
+        dul.DULServiceProvider._wake_dul(self)  # type: ignore[attr-defined]
+
+    def bytes_waiting(self) -> int:
+        try:
+            return len(self._wake_r.recv(4096))
+        except BlockingIOError:
+            return 0
+
+    def close(self) -> None:
+        self._wake_r.close()
+        self._wake_w.close()
+
+
+def _wait_in_thread(idle: _IdleDul) -> threading.Thread:
+    thread = threading.Thread(target=pynetdicom_patches._dul_wait, args=(idle,), daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_busy_dul_gets_no_wake_up_bytes_and_finds_its_work(monkeypatch):
+    """Puts while the DUL thread works (its own events, one per PDU) send no byte; a put made
+    just before it waits is found by its look at the queues, not lost in a 60 s wait."""
+    monkeypatch.setattr(pynetdicom_patches, "DUL_WAIT_CEILING", 60.0)
+    idle = _IdleDul()
+    try:
+        for event in ("Evt10", "Evt10", "Evt9"):
+            idle.event_queue.put(event)
+        idle.to_provider_queue.put("P-DATA")
+        assert idle.bytes_waiting() == 0
+        waiter = _wait_in_thread(idle)
+        waiter.join(30)
+        assert not waiter.is_alive(), "queued work was not noticed: the DUL slept on it"
+    finally:
+        idle.close()
+
+
+def test_a_put_wakes_a_waiting_dul(monkeypatch):
+    """The C-STORE response put while the DUL waits in select wakes it at once (with a 60 s
+    ceiling, a lost wake-up would hold it there)."""
+    monkeypatch.setattr(pynetdicom_patches, "DUL_WAIT_CEILING", 60.0)
+    idle = _IdleDul()
+    try:
+        waiter = _wait_in_thread(idle)
+        wait_for(lambda: idle._sleeping, 10, "the DUL to enter its wait")
+        idle.to_provider_queue.put("C-STORE-RSP")
+        waiter.join(30)
+        assert not waiter.is_alive(), "the put did not wake the waiting DUL"
+        assert idle._sleeping is False
+    finally:
+        idle.close()
