@@ -7,8 +7,9 @@ Prints the wall rate, the process CPU per instance and the write-ahead log's fda
 then either
 
 - ``--stages``: the wall time of the C-STORE handler's stages (each call timed, no
-  profiler), each fdatasync, and the checkpoint's ``syncfs`` calls with what the
-  fdatasyncs that ran during one cost against the others; or
+  profiler), each fdatasync, the checkpoint's ``syncfs`` calls with what the fdatasyncs
+  that ran during one cost against the others, and one instance's round trip in phases
+  (the sender's turn, receiving and decoding its PDUs, the handler, the response); or
 - cProfile on every thread (pynetdicom's DUL and association reactor, the log's threads),
   summed: the functions with the most own and cumulative time per instance. The profilers
   time each thread's CPU (``time.thread_time``, which adds a system call per event: read the
@@ -82,11 +83,36 @@ def _timed(owner: Any, name: str, label: str, intervals: str | None = None) -> N
     setattr(owner, name, wrapper)
 
 
+_timeline: list[tuple[str, float]] = []
+
+
+def _mark(owner: Any, name: str, label: str, before: bool = True) -> None:
+    """Record (label, time) on each call of ``owner.name``: at its start, or at its end."""
+    real: Callable[..., Any] = getattr(owner, name)
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if before:
+            _timeline.append((label, time.perf_counter()))
+        try:
+            return real(*args, **kwargs)
+        finally:
+            if not before:
+                _timeline.append((label, time.perf_counter()))
+
+    setattr(owner, name, wrapper)
+
+
 def _time_stages() -> None:
+    from pynetdicom import dul
+    _mark(dul.DULServiceProvider, "_read_pdu_data", "read")
+    _mark(scp.Receiver, "handle_store", "handler")
+    _mark(dul.DULServiceProvider, "send_pdu", "respond")
     _timed(scp.Receiver, "handle_store", "handle_store (whole handler)")
     _timed(scp, "received_part10", "  received_part10 (meta + header walk)")
     _timed(wal.WriteAheadLog, "append", "  wal append (CRC + pwritev)")
     _timed(spool.Spool, "store_instance", "  spool file + index row + rename")
+    _timed(spool, "atomic_write_bytes", "    file write + index row + rename")
+    _timed(spool.Spool, "_index_row", "      index row (one SQLite transaction)")
     _timed(wal.WriteAheadLog, "wait_durable", "  wait_durable (all callers)")
     _timed(scp, "syncfs", "checkpoint syncfs", intervals="syncfs")
 
@@ -113,6 +139,7 @@ def _print_stages() -> None:
             print(f"{label:<44} {len(times):>6} {1000 * statistics.mean(times):7.3f} "
                   f"{1000 * ordered[len(ordered) // 2]:7.3f} "
                   f"{1000 * ordered[len(ordered) * 9 // 10]:7.3f}")
+    _print_timeline()
     checkpoints = _intervals["syncfs"]
     during, other = [], []
     for start, end in _intervals["fdatasync"]:
@@ -123,6 +150,34 @@ def _print_stages() -> None:
         if values:
             print(f"{label}: {len(values)}, mean {1000 * statistics.mean(values):.2f} ms, "
                   f"total {1000 * sum(values):.0f} ms")
+
+
+def _print_timeline() -> None:
+    """One instance's round trip in phases: the sender's turn (our response sent -> its next
+    PDU's first byte read), receiving (-> handler called), the handler, the response."""
+    phases: dict[str, list[float]] = {"sender's turn": [], "PDUs read -> handler": [],
+                                      "handler": [], "handler -> response sent": []}
+    responded = first_read = called = None
+    handler_started = False
+    for label, at in _timeline:
+        if label == "read" and first_read is None:
+            first_read = at
+            if responded is not None:
+                phases["sender's turn"].append(at - responded)
+        elif label == "handler" and first_read is not None and not handler_started:
+            called, handler_started = at, True
+            phases["PDUs read -> handler"].append(at - first_read)
+        elif label == "respond" and handler_started and called is not None:
+            phases["handler -> response sent"].append(at - called)
+            responded, first_read, handler_started = at, None, False
+    handler = _stages.get("handle_store (whole handler)", [])
+    phases["handler"] = list(handler)
+    after = phases["handler -> response sent"]
+    phases["handler -> response sent"] = [
+        total - own for total, own in zip(after, handler, strict=False)]
+    print("\nround trip per instance (wall, ms, median):  " + ",  ".join(
+        f"{name} {1000 * statistics.median(values):.2f}"
+        for name, values in phases.items() if values))
 
 
 def _print_profile(count: int, top: int) -> None:
