@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -416,39 +417,49 @@ class Task:
         doses = [self.mix_reference_dose] if self.mix else list(self.train_levels)
         return [(d, r) for d in doses for r in range(self.realisations)]
 
-    def _ct_noise_path(self, series: SeriesData, index: int, dose: float, realisation: int
+    def _ct_noise_path(self, series_key: str, index: int, dose: float, realisation: int
                        ) -> tuple[int, Path | None]:
-        seed = stable_seed("ct-noise", series.key, index, dose, realisation, self.i0, self.views)
+        seed = stable_seed("ct-noise", series_key, index, dose, realisation, self.i0, self.views)
         path = None if self.cache_dir is None else self.cache_dir / f"ct_noise_{seed:08x}.npy"
         return seed, path
 
     def ct_noise_cached(self, series: SeriesData, index: int, dose: float, realisation: int
                         ) -> bool:
         """Whether this realisation is on disk already (``training.prefill``)."""
-        path = self._ct_noise_path(series, index, dose, realisation)[1]
+        path = self._ct_noise_path(series.key, index, dose, realisation)[1]
         return path is not None and path.is_file()
 
     def ct_noise(self, series: SeriesData, index: int, dose: float, realisation: int
                  ) -> np.ndarray:
         """Added noise (HU) of one slice at one dose, computed once (memory and disk cache)."""
         key = (series.key, index, dose, realisation)
-        if key in self._noise_cache:
-            return self._noise_cache[key]
-        seed, path = self._ct_noise_path(series, index, dose, realisation)
+        if key not in self._noise_cache:
+            self._noise_cache[key] = self.ct_slice_noise(
+                series.key, index, series.slices[index], self._spacing(series), dose,
+                realisation)
+        return self._noise_cache[key]
+
+    def ct_slice_noise(self, series_key: str, index: int, image: np.ndarray, spacing: float,
+                       dose: float, realisation: int) -> np.ndarray:
+        """:meth:`ct_noise` of slice ``index`` of series ``series_key`` given its pixels, read
+        from or written to the disk cache: what a prefill process computes from one slice."""
+        seed, path = self._ct_noise_path(series_key, index, dose, realisation)
         if path is not None and path.is_file():
-            noise = np.load(path, allow_pickle=False)
-            self._noise_cache[key] = noise
-            return noise
-        image = series.slices[index].astype(np.float64)
-        noisy = self._ct_slice(image, self._spacing(series), dose, np.random.default_rng(seed))
+            return np.load(path, allow_pickle=False)
+        image = np.asarray(image, dtype=np.float64)
+        noisy = self._ct_slice(image, spacing, dose, np.random.default_rng(seed))
         noise = (noisy - image).astype(np.float32)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp.npy")
+            # per-process temporary name: prefill processes may race for one file
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npy")
             np.save(tmp, noise, allow_pickle=False)
             tmp.replace(path)  # atomic: an interrupted run leaves no half-written cache
-        self._noise_cache[key] = noise
         return noise
+
+    def slice_spacing(self, series: SeriesData) -> float:
+        """The pixel spacing the CT simulation uses for ``series``."""
+        return self._spacing(series)
 
 
 PADDING_RANGE_HU = (-3100.0, -1010.0)
