@@ -1,6 +1,7 @@
 """The ``dicomnode`` command line: parses arguments, configures logging, maps errors to exits.
 
-Exit codes: 0 success, 1 user/config/data error (one line naming what to fix), 2 usage error.
+Exit codes: 0 success, 1 user/config/data error (a message naming what to fix; a config error
+lists each problem on its own line), 2 usage error.
 """
 
 from __future__ import annotations
