@@ -215,13 +215,6 @@ def recover(storage_dir: Path, wal_dir: Path) -> dict[str, int]:
     if mark is None:
         log_event(log, "wal_mark_unreadable", logging.WARNING,
                   action="every index row is checked against its file once")
-    spool = Spool(storage_dir)
-    try:
-        checked = spool.verify_instances(0.0 if mark is None else mark)
-    finally:
-        spool.close()
-    if any(checked.values()):
-        log_event(log, "spool_rows_verified", logging.WARNING, **checked)
     latest: dict[str, tuple[bytes, InstanceHeader, str, float]] = {}
     records = 0
     for record in replay(wal_dir):
@@ -235,15 +228,17 @@ def recover(storage_dir: Path, wal_dir: Path) -> dict[str, int]:
         latest.pop(header.sop_uid, None)  # keep arrival order of the last copies
         latest[header.sop_uid] = (record.data, header, record.calling_aet, record.received_at)
     restored = 0
-    if latest:
-        spool = Spool(storage_dir)
-        try:
-            for data, header, calling, received_at in latest.values():
-                if not _in_spool(spool, data, header):
-                    spool.store_instance(data, header, calling, now=received_at, durable=False)
-                    restored += 1
-        finally:
-            spool.close()
+    spool = Spool(storage_dir)
+    try:
+        checked = spool.verify_instances(0.0 if mark is None else mark)
+        if any(checked.values()):
+            log_event(log, "spool_rows_verified", logging.WARNING, **checked)
+        for data, header, calling, received_at in latest.values():
+            if not spool.holds_instance(data, header):
+                spool.store_instance(data, header, calling, now=received_at, durable=False)
+                restored += 1
+    finally:
+        spool.close()
     syncfs(storage_dir)
     write_mark(wal_dir, started)
     retire_replayed(wal_dir)
@@ -251,19 +246,6 @@ def recover(storage_dir: Path, wal_dir: Path) -> dict[str, int]:
         log_event(log, "wal_replayed", records=records, instances=len(latest),
                   restored=restored)
     return {"wal_records": records, "wal_restored": restored, **checked}
-
-
-def _in_spool(spool: Spool, data: bytes, header: InstanceHeader) -> bool:
-    """The instance is indexed at its path and the file there holds exactly ``data``."""
-    path = spool.instance_path(header.series_uid, header.sop_uid)
-    row = spool.db.execute("SELECT path, size, series_uid FROM instances WHERE sop_uid = ?",
-                           (header.sop_uid,)).fetchone()
-    if row is None or Path(row["path"]) != path or row["size"] != len(data):
-        return False
-    try:
-        return path.read_bytes() == data
-    except OSError:
-        return False
 
 
 def _status(code: int, comment: str) -> Dataset:

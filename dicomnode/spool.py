@@ -159,6 +159,19 @@ class Spool:
         """Where an instance lives; names are escaped so no received value leaves the spool."""
         return self.series_dir / safe_name(series_uid) / f"{safe_name(sop_uid)}.dcm"
 
+    def holds_instance(self, data: bytes, header: InstanceHeader) -> bool:
+        """The instance is indexed at its path and the file there holds exactly ``data``
+        (a write-ahead log replay leaves such an instance alone: replaying twice is a no-op)."""
+        path = self.instance_path(header.series_uid, header.sop_uid)
+        row = self.db.execute("SELECT path, size FROM instances WHERE sop_uid = ?",
+                              (header.sop_uid,)).fetchone()
+        if row is None or Path(row["path"]) != path or row["size"] != len(data):
+            return False
+        try:
+            return path.read_bytes() == data
+        except OSError:
+            return False
+
     def store_instance(self, data: bytes, header: InstanceHeader, calling_aet: str,
                        now: float | None = None, durable: bool = True,
                        before_rename: Callable[[], None] | None = None) -> bool:
