@@ -350,10 +350,7 @@ class Replica:
         if name not in self.models:
             from dicomnode.engine import load
 
-            w = self.worker
-            self.models[name] = load(name, device=w.device, precision=w.precision,
-                                     runtime=w.runtime, tile=w.tile_size,
-                                     batch_size=w.batch_size)
+            self.models[name] = load(name, **self.worker.load_options())  # type: ignore[arg-type]
         return self.models[name]
 
 

@@ -85,6 +85,12 @@ class WorkerConfig:
     workers: int = 1
     runtime: str = "auto"  # auto | torch | onnxruntime (learned models on a CPU)
 
+    def load_options(self) -> dict[str, object]:
+        """The keyword arguments of ``dicomnode.engine.load`` these settings give: the one
+        mapping the node's workers and the Ray replicas both load models with."""
+        return {"device": self.device, "precision": self.precision, "runtime": self.runtime,
+                "tile": self.tile_size, "batch_size": self.batch_size}
+
 
 @dataclass(frozen=True)
 class ClusterConfig:

@@ -47,9 +47,7 @@ class ModelCache:
 
 def load_worker_model(name: str, worker: WorkerConfig) -> Enhancer:
     """A model with the ``[worker]`` settings: device, precision, runtime, tile size, batch."""
-    return load_model(name, device=worker.device, precision=worker.precision,
-                      runtime=worker.runtime,
-                      tile=worker.tile_size, batch_size=worker.batch_size)
+    return load_model(name, **worker.load_options())  # type: ignore[arg-type]
 
 
 def process_job(config: Config, spool: Spool, job: Job, models: ModelCache) -> bool:
