@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+# DCMTK's, by path: an activated .venv puts pynetdicom's own `storescu` app first on PATH
+DCMTK_STORESCU = "/usr/bin/storescu"
 sys.path.insert(0, str(REPO))
 
 from dicomnode import scp, spool, wal  # noqa: E402
@@ -232,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         server = scp.start_scp(node, receiver)
         try:
             cpu0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-            subprocess.run(["storescu", "-aet", "BENCH", "-aec", "DICOMNODE", "+sd", "+r",
+            subprocess.run([DCMTK_STORESCU, "-aet", "BENCH", "-aec", "DICOMNODE", "+sd", "+r",
                             "+sp", "*.dcm", "127.0.0.1", str(port), str(source)], check=True,
                            env={**os.environ, "TCP_NODELAY": "1"},
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -17,6 +17,9 @@ change only *how long a thread waits and how it reads*:
   DIMSE message queue and its DUL's to-user queue, by a caller pausing it (``send_c_store``
   and friends), and when the DUL thread ends, with a 10 ms ceiling for its idle timer;
 - ``AssociationSocket.recv`` reads straight into one buffer of the PDU's size;
+- a message's data set fragments are kept as views and joined once when the last one
+  arrives, instead of each being sliced (a copy) and written into a growing ``BytesIO``
+  (copies again): ~0.4 ms of the ~1 ms pynetdicom's DIMSE layer spent per 514 KiB instance;
 - a C-STORE response's command set (seven fixed elements) is encoded directly instead of
   through a pydicom Dataset encoded twice (1.3 ms of the ~4 ms of CPU per instance);
   anything unusual (OffendingElement, a tiny peer PDU limit, an EVT_DIMSE_SENT handler)
@@ -40,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import logging
 import queue
 import select
@@ -54,6 +58,7 @@ from pynetdicom import _config, evt
 from pynetdicom import acse as _acse
 from pynetdicom import association as _association
 from pynetdicom import dimse as _dimse
+from pynetdicom import dimse_messages as _dimse_messages
 from pynetdicom import dul as _dul
 from pynetdicom import transport as _transport
 from pynetdicom.dimse_primitives import C_STORE
@@ -120,6 +125,7 @@ def apply() -> bool:
         _patch_association()
         _transport.AssociationSocket.recv = _recv_exact  # type: ignore[method-assign]
         _patch_send_msg()
+        _patch_decode_msg()
         _transport.deepcopy = _copy_contexts  # type: ignore[attr-defined]
         _acse.ACSE.socket = property(_negotiation_socket)  # type: ignore[assignment]
         _applied = True
@@ -389,6 +395,31 @@ def _copy_contexts(value: Any, memo: Any = None) -> Any:
 
 
 # -- C-STORE responses -----------------------------------------------------------------------
+
+def _patch_decode_msg() -> None:
+    cls = _dimse_messages.DIMSEMessage
+    original = cls.decode_msg
+
+    def decode_msg(self: Any, primitive: Any, assoc: Any = None) -> bool:
+        """Data set fragments as views, joined once; anything else is pynetdicom's own path
+        (command fragments, chunked-to-file storage, a P-DATA that is not one)."""
+        if _config.STORE_RECV_CHUNKED_DATASET or primitive.__class__ is not P_DATA:
+            return original(self, primitive, assoc)
+        values = primitive.presentation_data_value_list
+        if any(data[0] & 1 for _, data in values):  # a command fragment in this P-DATA
+            return original(self, primitive, assoc)
+        fragments = self.__dict__.setdefault("_fragments", [])
+        for _, data in values:
+            fragments.append(memoryview(data)[1:])
+            if data[0] & 2:  # the last fragment: the data set is complete
+                head = self.data_set.getvalue()  # what pynetdicom's path already took
+                self.data_set = io.BytesIO(b"".join([head, *fragments]))
+                fragments.clear()
+                return True
+        return False
+
+    cls.decode_msg = decode_msg  # type: ignore[method-assign]
+
 
 def _patch_send_msg() -> None:
     original = _dimse.DIMSEServiceProvider.send_msg

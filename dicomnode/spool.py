@@ -15,7 +15,7 @@ import logging
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,29 +173,25 @@ class Spool:
             return False
 
     def store_instance(self, data: bytes, header: InstanceHeader, calling_aet: str,
-                       now: float | None = None, durable: bool = True,
-                       before_rename: Callable[[], None] | None = None) -> bool:
+                       now: float | None = None, durable: bool = True) -> bool:
         """Write the instance, then index it; True when it replaced an earlier copy.
 
         ``durable``: fsync the file and its folder before indexing (the receiver passes
         False: its write-ahead log holds the bytes durably, the checkpoint syncs the spool).
-        Not durable, the row is committed before the rename (``before_rename`` first), so an
-        index that cannot be written leaves the spool as it was (the instance is refused,
-        an earlier copy stays); a rename that then fails puts the row back.
+        Not durable, the row is committed before the rename, so an index that cannot be
+        written leaves the spool as it was (the instance is refused, an earlier copy stays);
+        a rename that then fails puts the row back.
         A new SOP Instance UID in a series re-opens the series (a new revision gets routed
         once stable); the same UID again only replaces the file and does not re-open it.
         """
         now = time.time() if now is None else now
         path = self.instance_path(header.series_uid, header.sop_uid)
         if durable:
-            atomic_write_bytes(path, data, fsync=True, tmp_dir=self.tmp_dir,
-                               before_rename=before_rename)
+            atomic_write_bytes(path, data, fsync=True, tmp_dir=self.tmp_dir)
             return self._index(header, path, len(data), calling_aet, now)
         old: list[dict | None] = []
 
         def commit() -> None:
-            if before_rename is not None:
-                before_rename()
             old.append(self._index_row(header, path, len(data), calling_aet, now))
 
         try:

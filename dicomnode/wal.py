@@ -2,9 +2,10 @@
 
 Each received instance (its Part 10 bytes, calling AE title and time) is appended as one
 framed record to a preallocated segment file; Success is answered once an ``fdatasync`` of
-the segment has returned after the append. Concurrent associations share syncs (group
-commit): the first waiter syncs everything appended so far while the others wait for it, so
-one sync covers every record that arrived meanwhile. The spool file and index row are still
+the segment has returned after the append. A flusher thread starts that sync as soon as a
+record is appended, so it runs while the receiver writes the spool file; concurrent
+associations share syncs (group commit): one sync covers every record appended before it
+began, and whoever arrives meanwhile waits for the next. The spool file and index row are still
 written before Success, but without their own fsyncs; a background checkpoint makes them
 durable with one ``syncfs`` and only then retires the segments that hold them. After a crash
 ``recover`` replays every segment left: each acknowledged instance ends up in the spool
@@ -192,6 +193,8 @@ class WriteAheadLog:
         self._count_spares()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._flusher: threading.Thread | None = None
+        self._flusher_stop = False
         self._closed = False
 
     # -- the C-STORE path ------------------------------------------------------------------
@@ -227,12 +230,18 @@ class WriteAheadLog:
             current.appended += 1
             self._seq += 1
             ticket = Ticket(self._seq, current.id, offset)
+            self._cond.notify_all()  # the flusher starts this record's sync now
         if self._thread is None:
             self._start_checkpoint()
         return ticket
 
     def wait_durable(self, ticket: Ticket) -> None:
-        """Return once the record is on disk; one caller syncs for all who wait meanwhile."""
+        """Return once the record is on disk; one sync covers every record appended before it.
+
+        The log's flusher thread has usually started that sync already (it syncs as soon as a
+        record is appended, while the receiver writes the spool file); without a flusher (before
+        ``start``), or when it is busy, the first waiter syncs for all who wait meanwhile.
+        """
         with self._cond:
             while self._durable < ticket.seq:
                 if self._failed_upto >= ticket.seq:
@@ -243,23 +252,47 @@ class WriteAheadLog:
                 if self._current is None:  # sealed by a roll or checkpoint: already synced
                     self._durable = self._seq
                     break
-                target, fd = self._seq, self._current.fd
-                self._syncing = True
-                self._cond.release()
-                error: OSError | None = None
-                try:
-                    self._datasync(fd)
-                except OSError as exc:
-                    error = exc
-                finally:
-                    self._cond.acquire()
-                    self._syncing = False
-                    self._cond.notify_all()
+                error = self._sync_locked()
                 if error is not None:
-                    self._failed_upto = max(self._failed_upto, target)
                     raise error
-                self.syncs += 1
-                self._durable = max(self._durable, target)
+
+    def _sync_locked(self) -> OSError | None:
+        """fdatasync the current segment up to the last record (caller holds the lock; it is
+        released during the sync); returns the sync's error, every record it covered failed."""
+        assert self._current is not None
+        target, fd = self._seq, self._current.fd
+        self._syncing = True
+        self._cond.release()
+        error: OSError | None = None
+        try:
+            self._datasync(fd)
+        except OSError as exc:
+            error = exc
+        finally:
+            self._cond.acquire()
+            self._syncing = False
+            self._cond.notify_all()
+        if error is not None:
+            self._failed_upto = max(self._failed_upto, target)
+            return error
+        self.syncs += 1
+        self._durable = max(self._durable, target)
+        return None
+
+    def _flush_loop(self) -> None:
+        """Sync whatever was appended, as soon as it was: the sync then runs while the
+        receiver writes the spool file instead of after it (issue 18: ~0.6 ms of the ~0.7 ms
+        fdatasync off each C-STORE's path). Records a failed sync covered are not retried:
+        their waiters raise; later records get a new sync."""
+        with self._cond:
+            while not self._flusher_stop:
+                if (self._syncing or self._current is None
+                        or self._seq <= max(self._durable, self._failed_upto)):
+                    self._cond.wait()
+                    continue
+                error = self._sync_locked()
+                if error is not None:
+                    log.warning("wal_sync_failed reason=%s", error)
 
     def reserved_bytes(self) -> int:
         """Disk space the log already holds for records to come: the spare segments and the
@@ -409,7 +442,10 @@ class WriteAheadLog:
                 return
             self._thread = threading.Thread(target=self._loop, name="wal-checkpoint",
                                             daemon=True)
+            self._flusher = threading.Thread(target=self._flush_loop, name="wal-flusher",
+                                             daemon=True)
         self._thread.start()
+        self._flusher.start()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -429,8 +465,12 @@ class WriteAheadLog:
         self._wake.set()
         with self._cond:
             thread, self._closed = self._thread, True
+            flusher, self._flusher_stop = self._flusher, True
+            self._cond.notify_all()
         if thread is not None:
             thread.join()
+        if flusher is not None:
+            flusher.join()
         try:
             self.checkpoint(seal=True)
         except OSError as exc:

@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 import threading
+from io import BytesIO
 from pathlib import Path
 
 import pytest
@@ -144,6 +145,35 @@ def test_storescu_to_a_patched_scp_gets_every_instance_and_fds_are_returned(tmp_
         server.shutdown()
     expected = [str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files]
     assert received == expected * 3
+
+
+@pytest.mark.parametrize("max_send_pdu", ["4096", "131072"])
+def test_fragmented_data_sets_arrive_whole(tmp_path, max_send_pdu):
+    """The joined data set fragments (``_patch_decode_msg``) hold the sender's data set: 4 KiB
+    PDUs (~30 fragments per image) and 128 KiB ones, several images on one association."""
+    port = free_port()
+    received: dict[str, bytes] = {}
+
+    def on_store(event):
+        received[str(event.request.AffectedSOPInstanceUID)] = event.encoded_dataset(
+            include_meta=False)
+        return 0x0000
+
+    server = _scp(port, [(evt.EVT_C_STORE, on_store)])
+    files = sorted(MR_DIR.glob("*.dcm"))[:4]
+    try:
+        subprocess.run(["/usr/bin/storescu", "--max-send-pdu", max_send_pdu, "-aet", "MODALITY",
+                        "-aec", "PATCHED", "127.0.0.1", str(port), *map(str, files)],
+                       check=True, env=dcmtk_env(), timeout=60, capture_output=True)
+    finally:
+        server.shutdown()
+    assert len(received) == len(files)
+    for path in files:
+        sent = dcmread(path)
+        got = dcmread(BytesIO(received[str(sent.SOPInstanceUID)]), force=True)
+        assert got.PixelData == sent.PixelData
+        assert [e.tag for e in got] == [e.tag for e in sent]
+        assert all(got[e.tag].value == e.value for e in sent if e.tag != 0x7FE00010)
 
 
 def test_a_silent_peer_is_dropped_by_the_network_timeout():

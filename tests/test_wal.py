@@ -156,6 +156,47 @@ def test_a_failed_sync_fails_every_waiter_it_covered(tmp_path: Path):
         log.wait_durable(ticket)  # not acknowledged later by someone else's sync either
 
 
+
+def test_the_flusher_syncs_a_record_before_anyone_waits_for_it(tmp_path: Path):
+    """The sync starts at the append (it overlaps the spool write), not at wait_durable."""
+    synced = threading.Event()
+
+    def datasync(fd: int) -> None:
+        os.fdatasync(fd)
+        synced.set()
+
+    log = WriteAheadLog(tmp_path / "wal", lambda: None, segment_bytes=2**20, datasync=datasync)
+    log.start()
+    ticket = log.append(b"x" * 100, "A", 0.0)
+    assert synced.wait(10), "no sync started without a waiter"
+    wait_for(lambda: log.syncs == 1, 10, "the flusher to count its sync")
+    log.wait_durable(ticket)  # already covered: no second sync
+    assert log.syncs == 1
+    log.settle(ticket)
+    log.close()
+
+
+def test_the_flusher_does_not_retry_a_failed_sync_in_a_loop(tmp_path: Path):
+    """Records a failed sync covered fail; the flusher waits for new records, not spinning."""
+    calls = []
+
+    def broken(fd: int) -> None:
+        calls.append(fd)
+        raise OSError(5, "Input/output error")
+
+    log = WriteAheadLog(tmp_path / "wal", lambda: None, segment_bytes=2**20, datasync=broken)
+    log.start()
+    first = log.append(b"x" * 100, "A", 0.0)
+    with pytest.raises(OSError):
+        log.wait_durable(first)
+    settled_calls = len(calls)
+    threading.Event().wait(0.3)
+    assert len(calls) == settled_calls == 1
+    second = log.append(b"y" * 100, "A", 0.0)  # a new record gets a sync of its own
+    with pytest.raises(OSError):
+        log.wait_durable(second)
+    assert len(calls) == 2
+
 # -- the receiver: replay after a crash ----------------------------------------------------
 
 def _instances(storage: Path) -> dict[str, bytes]:
