@@ -8,8 +8,9 @@ every device is resolved through :func:`resolve_device` first.
 Precision: reduced formats run only where they are both fast on the hardware and validated on
 the model card (``[inference] precisions``), because a card that was not checked in fp16 may lose
 accuracy there. On a CPU, whether bf16 is fast depends on the network as much as on the chip
-(plain 3x3 convolutions ran 2.4x faster than fp32 on a Zen 4 with AVX512-BF16, NAFNet slower),
-so ``auto`` times the loaded network in both formats once and keeps the answer for the process.
+(plain 3x3 convolutions ran 2.4x faster than fp32 on a Zen 4 with AVX512-BF16; NAFNet ran
+slower until its LayerNorm became one fused op, 1.7x faster since), so ``auto`` times the loaded
+network in both formats once and keeps the answer for the process.
 """
 
 from __future__ import annotations

@@ -367,3 +367,33 @@ def test_ffdnet_downscale_sets_the_pad_multiple() -> None:
     assert build_network("ffdnet", {"downscale": 1}).pad_multiple == 1
     with pytest.raises(ModelError, match="downscale"):
         build_network("ffdnet", {"downscale": 3})
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_nafnet_layer_norm_is_the_per_pixel_channel_norm(channels_last: bool) -> None:
+    """The fused LayerNorm2d equals mean/variance over each pixel's channels, then the affine,
+    forward and backward, in either memory format (the engine runs channels_last)."""
+    from dicomnode.nets.nafnet import LayerNorm2d
+
+    torch.manual_seed(3)
+    norm = LayerNorm2d(8)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(1, 8, 1, 1))
+        norm.bias.copy_(torch.randn(1, 8, 1, 1))
+    x = torch.randn(2, 8, 5, 7) * 3 + 1
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    mean = x.mean(dim=1, keepdim=True)
+    var = (x - mean).pow(2).mean(dim=1, keepdim=True)
+    expected = (x - mean) * torch.rsqrt(var + norm.eps) * norm.weight + norm.bias
+    got = norm(x)
+    assert got.shape == x.shape
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(got)
+    (want_x, want_w) = torch.autograd.grad(expected, (x, norm.weight), grad)
+    (got_x, got_w) = torch.autograd.grad(got, (x, norm.weight), grad)
+    torch.testing.assert_close(got_x, want_x, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got_w, want_w, rtol=1e-4, atol=1e-4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert norm(x.bfloat16()).dtype == torch.bfloat16
