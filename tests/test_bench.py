@@ -65,3 +65,30 @@ def test_guard_bound_leaves_a_ct_reference_as_it_is() -> None:
     scores = bound.bound_and_baselines(model, series, 0.1)
     assert scores["perfect, guarded"]["psnr"] == math.inf
     assert scores["nl_means"]["psnr"] < math.inf
+
+
+def test_pareto_scores_match_evaluate_and_every_candidate_is_timed(tmp_path: Path) -> None:
+    """bench/pareto.py gives a candidate the PSNR `dicomnode-train evaluate` gives it on the same
+    slices (same seeded degradation), and a measured ms/slice for each candidate."""
+    from training.data import evenly_spaced
+    from training.evaluate import evaluate
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "pareto.py"), "--data", str(MR_DIR),
+         "--max-slices", "2", "--time-slices", "1", "--rounds", "1", "--threads", "1",
+         "mr-denoise:fp32", "mr-denoise:bf16"],
+        capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in result.stdout.splitlines() if line.startswith("| mr-denoise")
+            or line.startswith("| nl_means")}
+    assert set(rows) == {"mr-denoise:fp32", "mr-denoise:bf16", "nl_means"}
+    assert float(rows["mr-denoise:fp32"][1]) > 0 and float(rows["mr-denoise:bf16"][1]) > 0
+    model = load_model("mr-denoise", ROOT / "models")
+    series = [evenly_spaced(s, 2) for s in load_series([MR_DIR])]
+    expected = evaluate(model, series)
+    for column, level in zip((2, 4), sorted(expected["levels"], key=float), strict=True):
+        psnr = float(rows["mr-denoise:fp32"][column].split("/")[0])
+        assert psnr == round(expected["levels"][level]["mean"]["model"]["psnr"], 2)
