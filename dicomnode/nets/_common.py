@@ -8,6 +8,7 @@ raise :class:`~dicomnode.errors.ModelError` naming the parameter and the value f
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import TypeVar
 
 import torch
@@ -106,3 +107,11 @@ def check_input_multiple(x: torch.Tensor, multiple: int, arch: str) -> None:
             f"{arch}: input size {tuple(x.shape[-2:])} is not a multiple of {multiple}; "
             f"pad the input to a multiple of the network's pad_multiple ({multiple})"
         )
+
+
+def no_autocast(device_type: str) -> AbstractContextManager[object]:
+    """Autocast switched off where it exists (the meta device, used to count MACs, has none):
+    for the layers that must see HU-sized values in fp32 under bf16/fp16 autocast."""
+    if device_type in ("cpu", "cuda", "xpu", "mps"):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return nullcontext()

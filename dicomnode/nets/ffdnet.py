@@ -17,7 +17,6 @@ Plain convolutions and ReLU only: no normalisation layers, nothing that bf16 slo
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
 from typing import ClassVar
 
 import torch
@@ -29,6 +28,7 @@ from dicomnode.nets._common import (
     check_choice,
     check_input_multiple,
     check_int,
+    no_autocast,
     residual_source,
 )
 
@@ -72,16 +72,10 @@ class FFDNet(nn.Module):
         check_input_multiple(x, self.downscale, "ffdnet")
         source = residual_source(x, self.out_channels)
         cells = F.pixel_unshuffle(x, self.downscale) if self.downscale > 1 else x
-        with _no_autocast(x.device.type):
+        with no_autocast(x.device.type):
             features = self.head(cells.to(self.head.weight.dtype))
         noise = self.body(features)
         if self.downscale > 1:
             noise = F.pixel_shuffle(noise, self.downscale)
         return source - noise.to(source.dtype)
 
-
-def _no_autocast(device_type: str) -> AbstractContextManager[object]:
-    """Autocast switched off where it exists (the meta device, used to count MACs, has none)."""
-    if device_type in ("cpu", "cuda", "xpu", "mps"):
-        return torch.autocast(device_type=device_type, enabled=False)
-    return nullcontext()

@@ -397,3 +397,33 @@ def test_nafnet_layer_norm_is_the_per_pixel_channel_norm(channels_last: bool) ->
     torch.testing.assert_close(got_w, want_w, rtol=1e-4, atol=1e-4)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert norm(x.bfloat16()).dtype == torch.bfloat16
+
+
+def test_nafnet_keeps_its_full_resolution_level_in_fp32_under_bf16_autocast() -> None:
+    """HU-sized features at full resolution stay fp32; the lower levels take bf16's speed."""
+    from dicomnode.nets.nafnet import NAFNet
+
+    torch.manual_seed(5)
+    net = NAFNet(width=8, encoder_blocks=(1, 1), middle_blocks=1, decoder_blocks=(1, 1)).eval()
+    seen: dict[str, torch.dtype] = {}
+
+    def record(name: str):
+        def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+            seen[name] = output.dtype
+        return hook
+
+    for name, module in (("intro", net.intro), ("encoder0", net.encoders[0]),
+                         ("middle conv", net.middle[0].conv1),
+                         ("decoder_last", net.decoders[-1]),
+                         ("ending", net.ending)):
+        module.register_forward_hook(record(name))
+    x = torch.randn(1, 1, 32, 32)
+    with torch.inference_mode():
+        reference = net(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = net(x)
+    assert seen == {"intro": torch.float32, "encoder0": torch.float32,
+                    "middle conv": torch.bfloat16, "decoder_last": torch.float32,
+                    "ending": torch.float32}
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, reference, rtol=0.05, atol=0.05)
