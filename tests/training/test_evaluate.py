@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import pytest
 
 from dicomnode.cli import main as node_main
 from dicomnode.pixels import modality_values, pixel_format, stored_values
 from dicomnode.series import scan
-from tests.conftest import MR_DIR
+from tests.conftest import DATA, MR_DIR
 from training.data import load_series
 from training.evaluate import load_model
 
@@ -43,3 +44,42 @@ def test_evaluate_and_enhance_give_the_same_pixels(tmp_path: Path) -> None:
         expected = stored_values(output, pixel_format(source))
         assert pixels.shape == (2 * source.Rows, 2 * source.Columns)
         assert np.array_equal(pixels, expected)
+
+
+def _cards_validated_on_test_data() -> list[str]:
+    """Shipped learned models whose card's ``[metrics]`` series all have a copy in tests/data."""
+    from dicomnode.engine.cards import default_zoo_dir, list_cards
+
+    names = []
+    cards, _problems = list_cards(default_zoo_dir())
+    for card in cards:
+        folders = card.metrics.get("validation_data", []) if card.learned else []
+        if folders and all((DATA / Path(f).name).is_dir() for f in folders):
+            names.append(card.name)
+    return names
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", _cards_validated_on_test_data())
+def test_evaluate_reproduces_the_cards_metrics(name: str) -> None:
+    """A card's [metrics] are what the node's engine gives today on the same series (an engine
+    change that moves them fails here; mr-denoise's once drifted by 0.2-0.7 dB unnoticed)."""
+    from dicomnode.engine.cards import load_card
+    from training.data import evenly_spaced
+    from training.evaluate import evaluate
+
+    card = load_card(name)
+    folders = [DATA / Path(f).name for f in card.metrics["validation_data"]]
+    series = load_series(folders, card.modalities if len(card.modalities) == 1 else None)
+    if card.metrics.get("max_slices"):
+        series = [evenly_spaced(s, int(card.metrics["max_slices"])) for s in series]
+    result = evaluate(load_model(name), series)
+    levels = [k for k in card.metrics if isinstance(card.metrics[k], dict) and "model" in
+              card.metrics[k]]
+    assert levels
+    for key in levels:
+        level = key.rsplit("_", 1)[1]
+        measured = result["levels"][str(float(level))]["mean"]["model"]
+        stored = card.metrics[key]["model"]
+        assert abs(measured["psnr"] - stored["psnr"]) < 0.005, (name, key, measured, stored)
+        assert abs(measured["ssim"] - stored["ssim"]) < 0.0005, (name, key, measured, stored)
