@@ -93,8 +93,14 @@ def requirement_problems(active: tuple[str, ...], degradation: Mapping[str, Any]
 
 
 def apply_guards(names: tuple[str, ...], output: np.ndarray, source: np.ndarray, scale: int,
-                 degradation: str | None = None) -> np.ndarray:
-    """``output`` (N, H*scale, W*scale) after every guard in ``names``; ``source`` is (N, H, W)."""
+                 degradation: str | None = None,
+                 value_range: float | None = None) -> np.ndarray:
+    """``output`` (N, H*scale, W*scale) after every guard in ``names``; ``source`` is (N, H, W).
+
+    ``value_range``: the series' range the intensity guard's tolerance is a share of (SPEC
+    section 7); without it, the range of ``source``, which is the series only when ``source``
+    holds all of it.
+    """
     result = np.asarray(output, dtype=np.float64)
     if "consistency" in names:
         if degradation == "kspace":
@@ -104,7 +110,7 @@ def apply_guards(names: tuple[str, ...], output: np.ndarray, source: np.ndarray,
         else:
             raise ValueError(f"consistency guard: unknown degradation {degradation!r}")
     if "intensity" in names:
-        result = preserve_intensity(result, source)
+        result = preserve_intensity(result, source, value_range=value_range)
     return result
 
 
@@ -201,8 +207,12 @@ def low_pass(image: np.ndarray, sigma: float = LOW_PASS_SIGMA) -> np.ndarray:
 
 def preserve_intensity(output: np.ndarray, source: np.ndarray, sigma: float = LOW_PASS_SIGMA,
                        tolerance: float = INTENSITY_TOLERANCE,
-                       max_steps: int = INTENSITY_MAX_STEPS) -> np.ndarray:
+                       max_steps: int = INTENSITY_MAX_STEPS,
+                       value_range: float | None = None) -> np.ndarray:
     """``output`` with its low-pass brought within ``tolerance`` x range of the source's.
+
+    The range is the series' (``value_range``, from the node's sample of the series), so a
+    slice's result does not depend on which slices share its chunk; without it, ``source``'s.
 
     Each step adds the part of G(source) - G(output) beyond the bound (zero where the output is
     already within it), the smallest change that meets the bound if G kept it unchanged; G
@@ -216,7 +226,8 @@ def preserve_intensity(output: np.ndarray, source: np.ndarray, sigma: float = LO
         raise ValueError(f"output has shape {output.shape}, source {source.shape}: the intensity "
                          "guard is for denoising (same size)")
     target = low_pass(source, sigma)
-    value_range = max(float(np.ptp(source)), np.finfo(np.float64).tiny)
+    value_range = max(float(np.ptp(source)) if value_range is None else float(value_range),
+                      np.finfo(np.float64).tiny)
     limit = tolerance * value_range
     # A value outside the input slice's own range is no noise removed but an outlier made up
     # (a hot pixel): kept, its low-pass needs far more than max_steps (one of 30 x the range

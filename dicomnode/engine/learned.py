@@ -120,19 +120,23 @@ class NetworkEnhancer:
 
     @property
     def needs_sample(self) -> bool:
-        """Percentile normalisation reads the series; a fixed HU window does not."""
-        return self.normalisation.needs_series
+        """Percentile normalisation reads the series, and so does the intensity guard (its
+        tolerance is a share of the series' range); a fixed HU window without it does not."""
+        return self.normalisation.needs_series or "intensity" in self.guards
 
     def for_series(self, sample: Sequence[np.ndarray]) -> SeriesEnhancer:
         """The enhancer for one series, given a few of its slices (modality values)."""
+        value_range = (float(max(np.max(s) for s in sample) - min(np.min(s) for s in sample))
+                       if sample and "intensity" in self.guards else None)
         if self.normalisation.needs_series and not sample:
-            return SeriesEnhancer(self, None)
-        return SeriesEnhancer(self, self.normalisation.for_series(sample))
+            return SeriesEnhancer(self, None, value_range)
+        return SeriesEnhancer(self, self.normalisation.for_series(sample), value_range)
 
     def __call__(self, stack: np.ndarray) -> np.ndarray:
         return self.run(stack, None)
 
-    def run(self, stack: np.ndarray, normaliser: Normaliser | None) -> np.ndarray:
+    def run(self, stack: np.ndarray, normaliser: Normaliser | None,
+            value_range: float | None = None) -> np.ndarray:
         """Enhance the centre of ``stack``: (N + 2 context, H, W) -> (N, H*s, W*s)."""
         stack = np.asarray(stack, dtype=np.float32)
         context = self.context
@@ -150,15 +154,17 @@ class NetworkEnhancer:
         output = normaliser.inverse(output.reshape(len(scaled), *output.shape[-2:]))
         centre = stack[context:len(stack) - context]
         return apply_guards(self.guards, output, centre, self.card.scale,
-                            self.card.degradation_name)
+                            self.card.degradation_name, value_range=value_range)
 
 
 @dataclass(frozen=True)
 class SeriesEnhancer:
-    """A :class:`NetworkEnhancer` bound to one series' normalisation."""
+    """A :class:`NetworkEnhancer` bound to one series' normalisation and, for the intensity
+    guard, the series' value range (from the sample: the same for every chunk)."""
 
     enhancer: NetworkEnhancer
     normaliser: Normaliser | None
+    value_range: float | None = None
 
     @property
     def card(self) -> ModelCard:
@@ -176,7 +182,7 @@ class SeriesEnhancer:
         return self
 
     def __call__(self, stack: np.ndarray) -> np.ndarray:
-        return self.enhancer.run(stack, self.normaliser)
+        return self.enhancer.run(stack, self.normaliser, self.value_range)
 
 
 def load_network_enhancer(card: ModelCard, device: str = "auto", precision: str = "auto",

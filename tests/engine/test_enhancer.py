@@ -20,7 +20,7 @@ def test_the_protocol_declares_what_the_callers_use() -> None:
     ("bicubic-x2", 0, False),     # classical: one slice, no statistics
     ("nlm-denoise", 0, False),
     ("mr-sr-x2", 0, True),        # percentile normalisation reads the series
-    ("ct-denoise", 0, False),     # a fixed HU window reads nothing
+    ("ct-denoise", 0, True),      # a fixed HU window, but the intensity guard's series range
 ])
 def test_learned_and_classical_methods_implement_every_member(name: str, context: int,
                                                               needs_sample: bool) -> None:
@@ -33,3 +33,21 @@ def test_learned_and_classical_methods_implement_every_member(name: str, context
     scale = enhancer.card.scale
     assert output.shape == (2, 32 * scale, 32 * scale)
     assert np.isfinite(output).all()
+
+
+def test_a_guarded_slice_does_not_depend_on_the_slices_that_share_its_chunk() -> None:
+    """The intensity guard's tolerance is a share of the series' range (SPEC section 7), taken
+    from the series sample: chunks of 1 and of 4 slices give the same pixels. (With each
+    chunk's own range, a slice came out differently by batch size.)"""
+    from dicomnode.engine.volume import enhance_volume
+    from tests.conftest import MR_DIR
+    from training.data import load_series
+
+    (series,) = load_series([MR_DIR])
+    volume = np.asarray(series.slices[10:18], dtype=np.float32)
+    volume[3] *= 0.4  # one darker slice: its own range differs from the series'
+    enhancer = load("mr-denoise", device="cpu", precision="fp32")
+    assert "intensity" in enhancer.card.active_guards
+    one = enhance_volume(enhancer, volume, batch_size=1)
+    four = enhance_volume(enhancer, volume, batch_size=4)
+    np.testing.assert_array_equal(one, four)
