@@ -159,20 +159,20 @@ class Receiver:
             now = time.time()
             key = next(self._keys)
             self._in_flight[key] = now
-        tickets: list[Ticket] = []
+        ticket: Ticket | None = None
         spool = self._spool()
         stored: bool | None = None
         try:
-            tickets.append(self.wal.append(data, calling, now))
+            ticket = self.wal.append(data, calling, now)
             stored = spool.store_instance(data, header, calling, now=now, durable=False)
-            self.wal.wait_durable(tickets[0])
+            self.wal.wait_durable(ticket)
             return stored
         except BaseException:
-            if tickets:
-                self._refuse(tickets[0], spool, header, new_in_spool=stored is False)
+            if ticket is not None:
+                self._refuse(ticket, spool, header, new_in_spool=stored is False)
             raise
         finally:
-            for ticket in tickets:
+            if ticket is not None:
                 self.wal.settle(ticket)
             with self._in_flight_lock:
                 del self._in_flight[key]
