@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from tests.conftest import CT_TILT_DIR, MR_DIR
 from training.data import SeriesData, load_series
 from training.evaluate import load_model
@@ -92,3 +94,42 @@ def test_pareto_scores_match_evaluate_and_every_candidate_is_timed(tmp_path: Pat
     for column, level in zip((2, 4), sorted(expected["levels"], key=float), strict=True):
         psnr = float(rows["mr-denoise:fp32"][column].split("/")[0])
         assert psnr == round(expected["levels"][level]["mean"]["model"]["psnr"], 2)
+
+
+def _sr_headroom_module():
+    spec = importlib.util.spec_from_file_location("sr_headroom", ROOT / "bench" / "sr_headroom.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sr_headroom_measures_a_white_rician_floor_and_bounds_the_gain() -> None:
+    """A smooth disc with complex white noise (sigma 20) taken to magnitude: the bench finds
+    sigma and the noise's 3/4 share of the discarded band, and zero-filling's error exceeds the
+    noise it cannot predict; a masked (zero) background gives no ceiling."""
+    bench = _sr_headroom_module()
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[:256, :256]
+    disc = np.where((yy - 128) ** 2 + (xx - 128) ** 2 < 70 ** 2, 3000.0, 0.0)
+    disc += 900.0 * np.sin(xx / 3.0) * (disc > 0)  # fine detail zero-filling loses
+    noise = rng.normal(0, 20.0, (4, 256, 256)) + 1j * rng.normal(0, 20.0, (4, 256, 256))
+    noisy = np.abs(disc + noise)
+    h = bench.headroom(noisy)
+    assert h.floor_patches == 16 and h.zero_share == 0.0
+    assert abs(h.sigma - 20.0) < 1.0
+    assert abs(h.noise_band_share - 0.75) < 0.03
+    assert h.zero_filled_mse > h.noise_in_band and h.ceiling_db > 0
+    assert abs(h.band_energy - h.zero_filled_mse) < 0.2 * h.zero_filled_mse
+    masked = np.where(disc > 0, noisy, 0.0)
+    assert bench.headroom(masked).ceiling_db is None
+
+
+def test_sr_headroom_prints_a_row_per_series() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "sr_headroom.py"), str(MR_DIR), "--max-slices", "4"],
+        capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith(f"| {MR_DIR.name}")]
+    assert len(rows) == 1 and rows[0].split("|")[2].strip() == "4"

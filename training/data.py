@@ -325,12 +325,16 @@ def random_crop(
 
 
 def random_flip_rotate(arrays: Sequence[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
-    """The same random flip and quarter-turn applied to every array (last two axes)."""
+    """The same random flip and quarter-turn applied to every array (last two axes).
+
+    An oblong array only gets half-turns (its shape is kept, so whole slices of one matrix still
+    stack into one batch); the random draws are the same either way."""
     k = int(rng.integers(0, 4))
     flip = bool(rng.integers(0, 2))
     out = []
     for a in arrays:
-        a = np.rot90(a, k, axes=(-2, -1))
+        turns = k if a.shape[-2] == a.shape[-1] else k & 2
+        a = np.rot90(a, turns, axes=(-2, -1))
         if flip:
             a = a[..., ::-1]
         out.append(np.ascontiguousarray(a))

@@ -28,7 +28,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from dicomnode.engine.volume import sample_indices
-from dicomnode.errors import ConfigError
 from dicomnode.nets import build_network
 from training import losses
 from training.checkpoint import (
@@ -125,13 +124,6 @@ class BatchSampler:
         self.setup = setup
         self.series = series
         self.whole = bool(setup.config.data["whole_slices"])
-        if self.whole:
-            oblong = sorted({s.slices.shape[1:] for s in series if s.slices.shape[1] !=
-                             s.slices.shape[2]})
-            if oblong:
-                raise ConfigError([f"data.whole_slices: the training slices must be square to "
-                                   f"be flipped and turned whole; found {oblong}"],
-                                  source=setup.config.name)
         counts = np.array([len(s.slices) for s in series], dtype=float)
         self.weights = counts / counts.sum()
         self._stats: dict[tuple[str, float], tuple[float, float]] = {}

@@ -443,9 +443,30 @@ def test_whole_slices_of_two_sizes_batch_by_size(tmp_path: Path):
         assert x.shape[0] == y.shape[0] == 3 and weights is None
         sizes.add(tuple(y.shape[-2:]))
     assert sizes == {(256, 256), (128, 128)}
-    oblong = SeriesData("P", "1.2.3", "MR", tmp_path, np.zeros((2, 64, 96), np.float32))
-    with pytest.raises(ConfigError, match="must be square"):
-        BatchSampler(setup, [*series, oblong])
+    # an oblong matrix (a 320x260 axial slice) is flipped and half-turned, never quarter-turned,
+    # so its batches keep its shape
+    ramp = np.arange(2 * 64 * 96, dtype=np.float32).reshape(2, 64, 96) % 97 + 100.0
+    oblong = SeriesData("P", "1.2.3", "MR", tmp_path, ramp)
+    sampler = BatchSampler(setup, [oblong])
+    for seed in range(8):
+        x, y, _ = sampler.batch(np.random.default_rng(seed), 2)
+        assert tuple(y.shape[-2:]) == (64, 96) and tuple(x.shape[-2:]) == (32, 48)
+
+
+def test_flip_rotate_turns_oblong_arrays_by_half_turns_only():
+    """Quarter-turns for squares; an oblong array keeps its shape and is one of its four
+    flips/half-turns; the same generator draws give the same square result as before."""
+    from training.data import random_flip_rotate
+    square = np.arange(16.0).reshape(4, 4)
+    oblong = np.arange(12.0).reshape(3, 4)
+    symmetries = [oblong, oblong[::-1], oblong[:, ::-1], oblong[::-1, ::-1]]
+    turned = set()
+    for seed in range(32):
+        out_square, out_oblong = random_flip_rotate([square, oblong], np.random.default_rng(seed))
+        assert out_oblong.shape == (3, 4)
+        assert any(np.array_equal(out_oblong, s) for s in symmetries)
+        turned.add(out_square.tobytes())
+    assert len(turned) == 8  # all eight symmetries of the square occur
 
 
 def test_cross_scanner_numbers_go_to_their_own_card_table(mr_patients: Path, tmp_path: Path):
