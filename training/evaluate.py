@@ -236,7 +236,8 @@ def evaluate(
             best = max(baselines, key=lambda k: scores[k]["psnr"])
             write_panel(panels / f"{_safe(s.series_uid)}_{level:g}.png", inputs, baselines[best],
                         best, output, reference, title=f"{model.name} @ {level:g}",
-                        window=CT_WINDOW if s.modality == "CT" else None)
+                        window=CT_WINDOW if s.modality == "CT" else None,
+                        inverted=s.photometric == "MONOCHROME1")
     all_beat = True
     regions_ok = True
     for level, rows in per_level.items():
@@ -279,8 +280,10 @@ CT_WINDOW = (-160.0, 240.0)
 
 def write_panel(path: Path, inputs: np.ndarray, baseline: np.ndarray, baseline_name: str,
                 output: np.ndarray, reference: np.ndarray, title: str = "",
-                window: tuple[float, float] | None = None) -> None:
-    """Input, best baseline, model, reference and model - reference, for the middle slice."""
+                window: tuple[float, float] | None = None, inverted: bool = False) -> None:
+    """Input, best baseline, model, reference and model - reference, for the middle slice.
+
+    ``inverted`` (MONOCHROME1: high values display dark) shows the images as a viewer does."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -294,7 +297,8 @@ def write_panel(path: Path, inputs: np.ndarray, baseline: np.ndarray, baseline_n
               (output[i], "model"), (reference[i], "reference")]
     fig, axes = plt.subplots(1, 5, figsize=(20, 4.4))
     for ax, (image, label) in zip(axes, images, strict=False):
-        ax.imshow(image, cmap="gray", vmin=low, vmax=high, interpolation="nearest")
+        ax.imshow(image, cmap="gray_r" if inverted else "gray", vmin=low, vmax=high,
+                  interpolation="nearest")
         ax.set_title(label)
     axes[4].imshow(error, cmap="seismic", vmin=-limit, vmax=limit, interpolation="nearest")
     axes[4].set_title(f"model - reference (+/-{limit:.3g})")

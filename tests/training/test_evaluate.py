@@ -83,3 +83,21 @@ def test_evaluate_reproduces_the_cards_metrics(name: str) -> None:
         stored = card.metrics[key]["model"]
         assert abs(measured["psnr"] - stored["psnr"]) < 0.005, (name, key, measured, stored)
         assert abs(measured["ssim"] - stored["ssim"]) < 0.0005, (name, key, measured, stored)
+
+
+def test_panels_show_monochrome1_as_a_viewer_does(tmp_path: Path):
+    """A MONOCHROME1 radiograph's high values display dark: its panel is drawn inverted, so a
+    mostly high-valued image comes out mostly dark, and bright without the inversion."""
+    import matplotlib.image
+
+    from training.evaluate import write_panel
+
+    image = np.ones((1, 64, 64))
+    image[0, :, :6] = np.linspace(0.0, 1.0, 64)[:, None]  # a narrow ramp sets the window
+    brightness = {}
+    for inverted in (False, True):
+        path = tmp_path / f"{inverted}.png"
+        write_panel(path, image, image, "nl_means", image, image, inverted=inverted)
+        pixels = matplotlib.image.imread(path)[..., :3]
+        brightness[inverted] = float(pixels.mean())
+    assert brightness[False] - brightness[True] > 0.2
