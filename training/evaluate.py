@@ -34,7 +34,7 @@ from dicomnode.padding import fill_padding, fills_padding
 from training.checkpoint import Setup, make_setup, read_checkpoint
 from training.config import parse_config
 from training.data import SeriesData, stable_seed
-from training.metrics import average, beats, series_metrics
+from training.metrics import average, beats, foreground, series_metrics
 from training.regions import MARGIN, padding_pixels, pooled_rms, squared_errors, worse_regions
 from training.tasks import Task
 
@@ -278,10 +278,26 @@ CT_WINDOW = (-160.0, 240.0)
 """Soft-tissue window (W 400, L 40): noise is invisible in a CT shown over its full range."""
 
 
+def panel_crop(reference: np.ndarray, size: int = 128) -> tuple[slice, slice]:
+    """A ``size`` square (or the whole side, if smaller) centred on the anatomy's centroid: the
+    second row of a panel shows it pixel for pixel, where texture and noise can be judged."""
+    rows, cols = reference.shape
+    mask = foreground(reference)
+    if mask.any():
+        y, x = (int(v.mean()) for v in np.nonzero(mask))
+    else:
+        y, x = rows // 2, cols // 2
+    h, w = min(size, rows), min(size, cols)
+    top = min(max(y - h // 2, 0), rows - h)
+    left = min(max(x - w // 2, 0), cols - w)
+    return slice(top, top + h), slice(left, left + w)
+
+
 def write_panel(path: Path, inputs: np.ndarray, baseline: np.ndarray, baseline_name: str,
                 output: np.ndarray, reference: np.ndarray, title: str = "",
                 window: tuple[float, float] | None = None, inverted: bool = False) -> None:
-    """Input, best baseline, model, reference and model - reference, for the middle slice.
+    """Input, best baseline, model, reference and model - reference, for the middle slice: the
+    whole slice above, a 128-pixel crop (every pixel shown, enlarged) below.
 
     ``inverted`` (MONOCHROME1: high values display dark) shows the images as a viewer does."""
     import matplotlib
@@ -295,14 +311,22 @@ def write_panel(path: Path, inputs: np.ndarray, baseline: np.ndarray, baseline_n
     limit = float(np.percentile(np.abs(error), 99.5)) or 1.0
     images = [(inputs[i], "input"), (baseline[i], f"baseline: {baseline_name}"),
               (output[i], "model"), (reference[i], "reference")]
-    fig, axes = plt.subplots(1, 5, figsize=(20, 4.4))
-    for ax, (image, label) in zip(axes, images, strict=False):
-        ax.imshow(image, cmap="gray_r" if inverted else "gray", vmin=low, vmax=high,
-                  interpolation="nearest")
-        ax.set_title(label)
-    axes[4].imshow(error, cmap="seismic", vmin=-limit, vmax=limit, interpolation="nearest")
-    axes[4].set_title(f"model - reference (+/-{limit:.3g})")
-    for ax in axes:
+    crop = panel_crop(reference[i])
+    fig, axes = plt.subplots(2, 5, figsize=(20, 8.8))
+    for row in range(2):
+        suffix = " (128-px crop)" if row else ""
+        for ax, (image, label) in zip(axes[row], images, strict=False):
+            factor = reference[i].shape[0] // image.shape[0]  # a super-resolution input
+            part = (tuple(slice(c.start // factor, c.stop // factor) for c in crop) if row
+                    else (slice(None), slice(None)))
+            ax.imshow(image[part], cmap="gray_r" if inverted else "gray", vmin=low, vmax=high,
+                      interpolation="nearest")
+            ax.set_title(label + suffix)
+        part = crop if row else (slice(None), slice(None))
+        axes[row][4].imshow(error[part], cmap="seismic", vmin=-limit, vmax=limit,
+                            interpolation="nearest")
+        axes[row][4].set_title(f"model - reference (+/-{limit:.3g}){suffix}")
+    for ax in axes.ravel():
         ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()

@@ -101,3 +101,18 @@ def test_panels_show_monochrome1_as_a_viewer_does(tmp_path: Path):
         pixels = matplotlib.image.imread(path)[..., :3]
         brightness[inverted] = float(pixels.mean())
     assert brightness[False] - brightness[True] > 0.2
+
+
+def test_panel_crop_centres_the_anatomy_and_stays_inside_the_slice():
+    """The 1:1 crop of a panel sits on the anatomy (its centroid), clipped to the slice; a slice
+    smaller than the crop is shown whole."""
+    from training.evaluate import panel_crop
+
+    image = np.zeros((256, 256))
+    image[20:60, 200:240] = 1000.0  # anatomy near the top right corner
+    rows, cols = panel_crop(image)
+    assert (rows.stop - rows.start, cols.stop - cols.start) == (128, 128)
+    assert rows.start == 0 and cols.stop == 256  # clipped, still containing the anatomy
+    assert rows.start <= 20 and rows.stop >= 60 and cols.start <= 200
+    small = np.ones((64, 96))
+    assert panel_crop(small) == (slice(0, 64), slice(0, 96))
