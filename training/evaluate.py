@@ -34,7 +34,7 @@ from dicomnode.padding import fill_padding, fills_padding
 from training.checkpoint import Setup, make_setup, read_checkpoint
 from training.config import parse_config
 from training.data import SeriesData, stable_seed
-from training.metrics import average, beats, foreground, series_metrics
+from training.metrics import average, beats, series_metrics
 from training.regions import MARGIN, padding_pixels, pooled_rms, squared_errors, worse_regions
 from training.tasks import Task
 
@@ -278,18 +278,18 @@ CT_WINDOW = (-160.0, 240.0)
 """Soft-tissue window (W 400, L 40): noise is invisible in a CT shown over its full range."""
 
 
-def panel_crop(reference: np.ndarray, size: int = 128) -> tuple[slice, slice]:
-    """A ``size`` square (or the whole side, if smaller) centred on the anatomy's centroid: the
-    second row of a panel shows it pixel for pixel, where texture and noise can be judged."""
+def panel_crop(reference: np.ndarray, size: int = 128, step: int = 32) -> tuple[slice, slice]:
+    """The ``size`` square (or the whole side, if smaller) of the slice with the most structure
+    (largest variance of the reference, on a ``step``-pixel grid): the second row of a panel
+    shows it pixel by pixel, where blur, texture and noise can be judged. A flat crop (the
+    middle of a bright mediastinum) would show none of them."""
     rows, cols = reference.shape
-    mask = foreground(reference)
-    if mask.any():
-        y, x = (int(v.mean()) for v in np.nonzero(mask))
-    else:
-        y, x = rows // 2, cols // 2
     h, w = min(size, rows), min(size, cols)
-    top = min(max(y - h // 2, 0), rows - h)
-    left = min(max(x - w // 2, 0), cols - w)
+    tops = sorted({*range(0, rows - h + 1, step), rows - h})
+    lefts = sorted({*range(0, cols - w + 1, step), cols - w})
+    image = np.asarray(reference, dtype=np.float64)
+    _, top, left = max((float(image[t:t + h, c:c + w].var()), t, c)
+                       for t in tops for c in lefts)
     return slice(top, top + h), slice(left, left + w)
 
 

@@ -103,16 +103,16 @@ def test_panels_show_monochrome1_as_a_viewer_does(tmp_path: Path):
     assert brightness[False] - brightness[True] > 0.2
 
 
-def test_panel_crop_centres_the_anatomy_and_stays_inside_the_slice():
-    """The 1:1 crop of a panel sits on the anatomy (its centroid), clipped to the slice; a slice
-    smaller than the crop is shown whole."""
+def test_panel_crop_finds_the_structure_and_stays_inside_the_slice():
+    """The crop of a panel sits where the reference has structure (an edge near the top right
+    corner of an otherwise flat slice), clipped to the slice; a small slice is shown whole."""
     from training.evaluate import panel_crop
 
-    image = np.zeros((256, 256))
-    image[20:60, 200:240] = 1000.0  # anatomy near the top right corner
+    image = np.full((256, 256), 500.0)
+    image[20:60, 200:240] = 1000.0  # the only structure: a square near the top right corner
     rows, cols = panel_crop(image)
     assert (rows.stop - rows.start, cols.stop - cols.start) == (128, 128)
-    assert rows.start == 0 and cols.stop == 256  # clipped, still containing the anatomy
-    assert rows.start <= 20 and rows.stop >= 60 and cols.start <= 200
+    assert rows.start <= 20 and rows.stop >= 60 and cols.start <= 200 and cols.stop >= 240
+    assert cols.stop <= 256
     small = np.ones((64, 96))
     assert panel_crop(small) == (slice(0, 64), slice(0, 96))
