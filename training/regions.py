@@ -19,6 +19,7 @@ EDGE_PX = 24
 """Width of the edge bands: wide enough to hold wrap-around ringing of a 2x k-space model."""
 
 MARGIN = 0.10
+EXACT = 1e-6  # a baseline error below this share of the model's counts as exact
 """A region fails when the model's RMS error there exceeds the baseline's by more than 10 % of
 the baseline's error in that region plus 10 % of its error over the whole image. The second term
 keeps near-exact regions (a reader's blank border, where any error is ten times the baseline's
@@ -103,5 +104,7 @@ def worse_regions(rms: Mapping[str, Mapping[str, float | None]], baseline: str,
         if ours > theirs * (1.0 + margin) + margin * (whole or 0.0):
             worse.append({"region": region, "model_rms": round(ours, 4), "baseline": baseline,
                           "baseline_rms": round(theirs, 4),
-                          "excess": round(ours / theirs - 1.0, 4) if theirs else None})
+                          # a baseline exact to rounding (1e-13 in a blank border) has no ratio
+                          "excess": (round(ours / theirs - 1.0, 4) if theirs > EXACT * ours
+                                     else None)})
     return worse

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from tests.conftest import CT_TILT_DIR
 from training.data import load_series
@@ -131,3 +132,15 @@ def test_every_method_sees_the_padding_filled_and_gives_it_back_exact():
     # another modality's declared padding (an MR's background 0) is restored, never filled
     shown, mask = node_inputs(inputs, reference, series.padding, "MR")
     assert shown is inputs and mask is not None
+
+
+def test_a_baseline_exact_to_rounding_gets_no_percentage():
+    """A blank border a baseline reproduces to rounding (1e-13) makes the ratio meaningless:
+    the region still fails, with no excess (printed as "baseline exact"), not +1e30 %."""
+    rms = {"image": {"model": 5.0, "base": 6.0},
+           "background_right": {"model": 256.0, "base": 1e-13}}
+    worse = worse_regions(rms, "base")
+    assert [w["region"] for w in worse] == ["background_right"]
+    assert worse[0]["excess"] is None
+    rms["background_right"]["base"] = 100.0
+    assert worse_regions(rms, "base")[0]["excess"] == pytest.approx(1.56)
