@@ -19,11 +19,14 @@ EDGE_PX = 24
 """Width of the edge bands: wide enough to hold wrap-around ringing of a 2x k-space model."""
 
 MARGIN = 0.10
-EXACT = 1e-6  # a baseline error below this share of the model's counts as exact
 """A region fails when the model's RMS error there exceeds the baseline's by more than 10 % of
 the baseline's error in that region plus 10 % of its error over the whole image. The second term
 keeps near-exact regions (a reader's blank border, where any error is ten times the baseline's
 0.2) from failing on differences far below what the baseline gets wrong everywhere else."""
+
+EXACT = 1e-6
+"""A baseline whose error in a region is below this share of the model's is exact there (to
+rounding): the region's excess is then reported without a ratio."""
 
 
 def padding_pixels(reference: np.ndarray, padding: tuple[float, float]) -> np.ndarray:
