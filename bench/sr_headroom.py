@@ -64,10 +64,14 @@ def discarded_band(rows: int, columns: int) -> np.ndarray:
     return (ky[:, None] >= 1 / FACTOR) | (kx[None, :] >= 1 / FACTOR)
 
 
-def floor_patches(reference: np.ndarray) -> np.ndarray:
-    """The corner patches of every slice that hold only the noise floor: below the threshold
+def floor_threshold(reference: np.ndarray) -> float:
+    """Below this a pixel may be noise floor; above it is signal."""
+    return FLOOR_FRACTION * float(np.percentile(reference, 99))
+
+
+def floor_patches(reference: np.ndarray, threshold: float) -> np.ndarray:
+    """The corner patches of every slice that hold only the noise floor: below ``threshold``
     and not masked (a masked background is mostly exact zeros, not a floor)."""
-    threshold = FLOOR_FRACTION * float(np.percentile(reference, 99))
     h, w = reference.shape[-2:]
     corners = [image[y:y + PATCH, x:x + PATCH] for image in reference
                for y in (0, h - PATCH) for x in (0, w - PATCH)]
@@ -84,14 +88,14 @@ def headroom(reference: np.ndarray) -> Headroom:
     spectrum = np.abs(np.fft.fftshift(np.fft.fft2(reference), axes=(-2, -1))) ** 2
     band = discarded_band(*reference.shape[-2:])
     band_energy = float(spectrum[:, band].sum() / reference.size / band.size)
-    patches = floor_patches(reference)
+    threshold = floor_threshold(reference)
+    patches = floor_patches(reference, threshold)
     if len(patches) == 0:
         return Headroom(len(reference), error, band_energy, 0)
     sigma = math.sqrt(float((patches ** 2).mean()) / 2)  # Rayleigh: E[M^2] = 2 sigma^2
     centred = patches - patches.mean(axis=(1, 2), keepdims=True)
     power = np.abs(np.fft.fftshift(np.fft.fft2(centred), axes=(-2, -1))) ** 2
     share = float(power[:, discarded_band(PATCH, PATCH)].sum() / power.sum())
-    threshold = FLOOR_FRACTION * float(np.percentile(reference, 99))
     variance = np.where(reference >= threshold, sigma ** 2, float(patches.var()))
     noise = float(variance.mean()) * share
     return Headroom(len(reference), error, band_energy, len(patches),

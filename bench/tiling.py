@@ -55,16 +55,16 @@ def main() -> None:
         print(f"tile {tile or 'none':>5}: PSNR {psnr(reference, outputs[tile], value_range):.3f} "
               f"dB ({seconds:.1f} s)")
     untiled = outputs[0]
+    # the engine's plan: the image with its mirrored rim, tiles counting the rim too
+    network = engine.load(args.model, device="cpu", precision="fp32").network
+    rim = image_border(network)
+    height, width = (n + 2 * rim for n in untiled.shape[-2:])
     for tile in args.tiles:
         if not tile:
             continue
         difference = outputs[tile] - untiled
         steps = np.abs(np.diff(difference, axis=-1)).mean(axis=(0, 1))
         worst = sorted(int(c) for c in np.argsort(steps)[-5:])
-        # the engine's plan: the image with its mirrored rim, tiles counting the rim too
-        network = engine.load(args.model, device="cpu", precision="fp32").network
-        rim = image_border(network)
-        height, width = (n + 2 * rim for n in untiled.shape[-2:])
         plan = plan_tiles(height, width, int(getattr(network, "pad_multiple", 1)),
                           tile + 2 * rim, DEFAULT_OVERLAP)
         edges = sorted({s - rim for s in plan.columns.starts if s} |
