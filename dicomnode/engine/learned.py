@@ -30,13 +30,15 @@ from dicomnode.engine.runtimes import choose_runtime
 from dicomnode.errors import ModelError
 from dicomnode.logs import event
 from dicomnode.nets import build_network, image_border
+from dicomnode.nets.fusion import fold_batchnorm
 
 log = logging.getLogger(__name__)
 _LISTED = 5  # mismatching tensors named in one message
 
 
 def build_model(card: ModelCard) -> nn.Module:
-    """The card's network with its checked weights, in eval mode on the CPU."""
+    """The card's network with its checked weights, in eval mode on the CPU, BatchNorm folded
+    into its convolutions (:mod:`dicomnode.nets.fusion`)."""
     try:
         network = build_network(card.architecture, card.parameters)
     except ModelError as exc:
@@ -49,7 +51,9 @@ def build_model(card: ModelCard) -> nn.Module:
         raise ModelError(f"model {card.name!r}: {card.weights_path} is not a readable "
                          f"safetensors file ({exc}); re-export the model") from None
     load_state(card, network, state)
-    return network.eval()
+    network.eval()
+    fold_batchnorm(network)  # after the weights' check: the fold changes the state's keys
+    return network
 
 
 def _check_matches_card(card: ModelCard, network: nn.Module) -> None:

@@ -134,3 +134,16 @@ def test_an_exported_card_names_its_degradation_kind(tmp_path: Path) -> None:
     bound = enhancer.for_series([])
     stack = np.random.default_rng(4).random((2, 16, 16)).astype(np.float32) * 300 + 150
     np.testing.assert_allclose(kspace_truncate(bound(stack), 2), stack, atol=1e-2)
+
+
+def test_a_loaded_model_has_its_batchnorm_folded_and_the_file_s_outputs(tmp_path: Path
+                                                                         ) -> None:
+    write_model(tmp_path, "tiny-dn", "dncnn", TINY_DNCNN, task="denoise", scale=1, seed=5)
+    torch.manual_seed(5)
+    reference = build_network("dncnn", TINY_DNCNN).eval()  # the file's weights, unfolded
+    loaded = load_model("tiny-dn", tmp_path, device="cpu").network
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in reference.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in loaded.modules())
+    image = torch.rand(1, 1, 24, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(image), reference(image), rtol=1e-5, atol=1e-5)
